@@ -1,0 +1,32 @@
+# Set-up on a fresh machine is part of both targets: `make search` runs the quick search end to
+# end, `make test` runs the test suite. Pinned versions live in constraints.txt.
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: search test lint bench data
+
+search: $(STAMP) $(FASHION_MNIST)
+	$(BIN)/clustune search --preset quick $(ARGS)
+
+test: $(STAMP) $(FASHION_MNIST)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP) $(FASHION_MNIST)
+	$(BIN)/python bench/run.py $(ARGS)
+
+data: $(FASHION_MNIST)
+
+$(FASHION_MNIST):
+	apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt torch torchvision
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)

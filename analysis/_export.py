@@ -1,0 +1,201 @@
+"""An experiment as Parquet tables (every trial, every epoch) and its best trials as runnable
+training configs, so results can be analysed outside clustune and the winners re-run.
+
+The Parquet schemas are fixed (``TRIALS_SCHEMA``, ``EPOCHS_SCHEMA``) and documented column by
+column in docs/exports.md; only the searched parameters, the AutoAttack heads and the reported
+metrics add columns, named by fixed patterns. Files are written atomically, so exporting a
+running search is safe and a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from trainable import atomic_write_bytes, atomic_write_text
+
+from ._results import Experiment, TrialRecord, load_experiment
+
+__all__ = ["EXPORT_SCHEMA_VERSION", "TRIALS_SCHEMA", "EPOCHS_SCHEMA", "TRIAL_METRICS",
+           "export_experiment", "best_configs"]
+
+EXPORT_SCHEMA_VERSION = "clustune-export-v1"
+TRIAL_METRICS = ("val_clean_acc", "val_pgd_acc", "val_robust_acc", "sigma2", "val_margin")
+
+TRIALS_SCHEMA = pa.schema([
+    pa.field("trial_id", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("epochs", pa.int64(), nullable=False),
+    pa.field("best_epoch", pa.int64()),
+    pa.field("diverged", pa.string()),
+    pa.field("error", pa.string()),
+    pa.field("config_json", pa.string(), nullable=False),
+    *[pa.field(f"best.{m}", pa.float64()) for m in TRIAL_METRICS],
+    *[pa.field(f"last.{m}", pa.float64()) for m in TRIAL_METRICS],
+])
+"""Fixed columns of trials.parquet; then ``param.<name>`` by name, then ``aa.<head>.*``."""
+
+AA_FIELDS = {"clean_acc": pa.float64(), "autoattack_acc": pa.float64(),
+             "flags": pa.list_(pa.string())}
+
+EPOCHS_SCHEMA = pa.schema([
+    pa.field("trial_id", pa.string(), nullable=False),
+    pa.field("epoch", pa.int64(), nullable=False),
+])
+"""Fixed columns of epochs.parquet; then every numeric metric by name, as float64."""
+
+# numeric but not metrics of the model: Ray Tune bookkeeping, and the epoch counter itself
+NOT_METRICS = frozenset({"training_iteration", "epoch", "pid", "timestamp",
+                         "iterations_since_restore"})
+
+BEST_HEADER = "# clustune best config"
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _param_type(values: list[Any]) -> pa.DataType:
+    """The narrowest Arrow type holding every (non-null) value of one searched parameter."""
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return pa.bool_()
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return pa.int64()
+    if present and all(_number(v) for v in present):
+        return pa.float64()
+    return pa.string()
+
+
+def _param_column(values: list[Any], kind: pa.DataType) -> list[Any]:
+    if kind == pa.string():
+        return [v if v is None or isinstance(v, str) else json.dumps(v) for v in values]
+    if kind == pa.float64():
+        return [None if v is None else float(v) for v in values]
+    return values
+
+
+def _metric(row: dict[str, Any], name: str) -> float | None:
+    v = row.get(name)
+    return float(v) if _number(v) else None
+
+
+def _parquet(table: pa.Table, path: Path) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def _metadata(experiment: Experiment) -> dict[str, str]:
+    return {"clustune.schema": EXPORT_SCHEMA_VERSION,
+            "clustune.experiment": experiment.name,
+            "clustune.metric": experiment.metric, "clustune.mode": experiment.mode}
+
+
+def _trials_table(experiment: Experiment) -> pa.Table:
+    """One row per trial; best.* is the epoch that scored best on the search metric."""
+    trials = experiment.trials
+    columns: dict[str, list[Any]] = {name: [] for name in TRIALS_SCHEMA.names}
+    for t in trials:
+        best, last = t.best(experiment.metric, experiment.mode), t.last
+        columns["trial_id"].append(t.trial_id)
+        columns["status"].append(t.status)
+        columns["epochs"].append(t.epochs)
+        columns["best_epoch"].append(best.get("training_iteration"))
+        columns["diverged"].append(t.diverged)
+        columns["error"].append(t.error)
+        columns["config_json"].append(
+            json.dumps(experiment.trial_config(t).model_dump(mode="json"), sort_keys=True))
+        for m in TRIAL_METRICS:
+            columns[f"best.{m}"].append(_metric(best, m))
+            columns[f"last.{m}"].append(_metric(last, m))
+    fields = list(TRIALS_SCHEMA)
+    for name in sorted({k for t in trials for k in t.params}):
+        values = [t.params.get(name) for t in trials]
+        kind = _param_type(values)
+        fields.append(pa.field(f"param.{name}", kind))
+        columns[f"param.{name}"] = _param_column(values, kind)
+    finals = {(r["trial_id"], r["head"]): r for r in experiment.final_results()}
+    for head in sorted({h for _, h in finals}):
+        for key, kind in AA_FIELDS.items():
+            name = f"aa.{head}.{key}"
+            fields.append(pa.field(name, kind))
+            source = "masking_flags" if key == "flags" else key
+            columns[name] = [finals.get((t.trial_id, head), {}).get(source) for t in trials]
+    schema = pa.schema(fields, metadata=_metadata(experiment))
+    return pa.table({f.name: columns[f.name] for f in fields}, schema=schema)
+
+
+def _epochs_table(experiment: Experiment) -> pa.Table:
+    """One row per trial and reported epoch, every numeric metric a float64 column."""
+    rows = [(t.trial_id, row) for t in experiment.trials for row in t.history]
+    names = sorted({k for _, row in rows for k, v in row.items()
+                    if _number(v) and k not in NOT_METRICS})
+    columns: dict[str, list[Any]] = {
+        "trial_id": [tid for tid, _ in rows],
+        "epoch": [int(row["training_iteration"]) for _, row in rows],
+        **{n: [_metric(row, n) for _, row in rows] for n in names}}
+    fields = list(EPOCHS_SCHEMA) + [pa.field(n, pa.float64()) for n in names]
+    schema = pa.schema(fields, metadata=_metadata(experiment))
+    return pa.table(columns, schema=schema)
+
+
+def export_experiment(path: str | Path, out: str | Path | None = None) -> dict[str, Path]:
+    """Write trials.parquet and epochs.parquet to out (default: EXPERIMENT/export)."""
+    experiment = load_experiment(path)
+    out = Path(out) if out is not None else experiment.path / "export"
+    written = {"trials": out / "trials.parquet", "epochs": out / "epochs.parquet"}
+    _parquet(_trials_table(experiment), written["trials"])
+    _parquet(_epochs_table(experiment), written["epochs"])
+    return written
+
+
+def _header(experiment: Experiment, trial: TrialRecord, rank: int, top: int,
+            finals: list[dict[str, Any]]) -> str:
+    best = trial.best(experiment.metric, experiment.mode)
+    params = ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "-"
+    scores = "  ".join(f"{m}={best[m]:.4g}" for m in TRIAL_METRICS if _number(best.get(m)))
+    lines = [f"{BEST_HEADER} {rank} of {top} by best {experiment.metric} ({experiment.mode})",
+             f"# experiment: {experiment.name} "
+             f"({experiment.path.resolve()})",
+             f"# trial: {trial.trial_id} ({trial.status}, {trial.epochs} epochs)  params: {params}",
+             f"# best epoch {best.get('training_iteration')}: {scores}"]
+    for r in finals:
+        if r["trial_id"] == trial.trial_id:
+            flags = ", ".join(r.get("masking_flags") or []) or "none"
+            lines.append(f"# AutoAttack ({r['head']} head): clean={r.get('clean_acc')}  "
+                         f"robust={r.get('autoattack_acc')}  masking flags: {flags}")
+    lines.append("# run: clustune train --config THIS_FILE   or   clustune search --config "
+                 "THIS_FILE")
+    return "\n".join(lines) + "\n"
+
+
+def best_configs(path: str | Path, top: int = 3, out: str | Path | None = None) -> list[Path]:
+    """The top trials' resolved training configs as YAML (default folder: EXPERIMENT/best).
+
+    Files are named RANK-TRIAL.yaml; ones a previous call wrote there are replaced, so the
+    folder always holds the current ranking. Diverged trials are never exported.
+    """
+    experiment = load_experiment(path)
+    out = Path(out) if out is not None else experiment.path / "best"
+    chosen = [t for t in experiment.ranked() if not t.diverged][:top]
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.yaml"):
+        if re.fullmatch(r"\d+-\w+\.yaml", old.name) and \
+                old.read_text().startswith(BEST_HEADER):
+            old.unlink()
+    finals = experiment.final_results()
+    written = []
+    for rank, trial in enumerate(chosen, 1):
+        cfg = experiment.trial_config(trial)
+        body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        file = out / f"{rank:02d}-{trial.trial_id}.yaml"
+        atomic_write_text(file, _header(experiment, trial, rank, len(chosen), finals) + body)
+        written.append(file)
+    return written

@@ -1,0 +1,197 @@
+"""An experiment folder read back as trial records, for status tables, exports and reports.
+
+Reads Ray Tune's files directly (params.json, result.json) plus its experiment state for trial
+statuses, so it works on a finished search and on one that is still running.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainable import TrainConfig, apply_overrides, build_config
+
+__all__ = ["TrialRecord", "Experiment", "load_experiment", "ExperimentError", "resolve_config"]
+
+METRICS = ("val_clean_acc", "val_pgd_acc", "val_robust_acc")
+
+
+class ExperimentError(ValueError):
+    """A folder that is not a clustune experiment."""
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    path: Path
+    status: str  # PENDING, RUNNING, TERMINATED, ERROR (or UNKNOWN before Ray records it)
+    params: dict[str, Any]  # the searched knobs (dotted names) or {"point": name}
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch
+    error: str | None = None
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+    def best(self, metric: str = "val_robust_acc", mode: str = "max") -> dict[str, Any]:
+        """The epoch with the best value of metric (empty before the first epoch)."""
+        rows = [r for r in self.history if _finite(r.get(metric))]
+        if not rows:
+            return {}
+        pick = max if mode == "max" else min
+        return pick(rows, key=lambda r: r[metric])
+
+    @property
+    def diverged(self) -> str | None:
+        return self.last.get("diverged")
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(self.path.glob("checkpoint_*/state.pt"))
+
+    def best_checkpoint(self, metric: str = "val_robust_acc", mode: str = "max") -> Path | None:
+        """The kept checkpoint whose epoch scored best on metric."""
+        by_iter = {r.get("training_iteration"): r for r in self.history}
+        scored = []
+        for ckpt in self.checkpoints():
+            iteration = int(ckpt.parent.name.split("_")[-1]) + 1
+            row = by_iter.get(iteration)
+            if row is not None and _finite(row.get(metric)):
+                scored.append((row[metric], ckpt))
+        if not scored:
+            return None
+        pick = max if mode == "max" else min
+        return pick(scored, key=lambda t: t[0])[1]
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def resolve_config(base: dict[str, Any], points: dict[str, dict[str, Any]],
+                   params: dict[str, Any]) -> TrainConfig:
+    """A trial's TrainConfig: base, then its fixed point (if any), then its dotted knobs.
+
+    Built from the experiment's recorded base, not from a checkpoint, so the CE warm start stays
+    ``ce_epochs`` instead of the experiment's shared warm-start file: the config is portable.
+    (search/_spaces.py's resolve_trial_config does the same for the trials themselves.)
+    """
+    params = dict(params)
+    point = params.pop("point", None)
+    merged = apply_overrides(base, points[point]) if point is not None else base
+    knobs: dict[str, Any] = {}
+    for key, value in params.items():
+        node = knobs
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return build_config(apply_overrides(merged, knobs))
+
+
+@dataclass
+class Experiment:
+    path: Path
+    meta: dict[str, Any]
+    trials: list[TrialRecord]
+
+    @property
+    def metric(self) -> str:
+        return self.meta["config"]["search"]["metric"]
+
+    @property
+    def mode(self) -> str:
+        return self.meta["config"]["search"]["mode"]
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name", self.path.name)
+
+    @property
+    def study_storage(self) -> str | None:
+        """The folder's own optuna.db (so a copied or moved experiment reads its own study,
+        not the absolute path recorded in clustune.json); None before the study exists."""
+        db = self.path / "optuna.db"
+        return f"sqlite:///{db.resolve()}" if db.is_file() else None
+
+    def trial_config(self, trial: TrialRecord) -> TrainConfig:
+        return resolve_config(self.meta["base"], self.meta["config"].get("points", {}),
+                              trial.params)
+
+    def final_results(self) -> list[dict[str, Any]]:
+        """The final stage's AutoAttack results (final/<trial_id>-<head>.json); [] before it."""
+        results = []
+        for file in sorted((self.path / "final").glob("*-*.json")):
+            try:
+                result = json.loads(file.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue  # not written yet
+            trial_id, _, head = file.stem.partition("-")
+            result.setdefault("trial_id", trial_id)
+            result.setdefault("head", head)
+            results.append(result)
+        return results
+
+    def ranked(self) -> list[TrialRecord]:
+        """Trials with at least one epoch, best first by their best epoch on the metric."""
+        done = [t for t in self.trials if t.best(self.metric, self.mode)]
+        sign = -1 if self.mode == "max" else 1
+        return sorted(done, key=lambda t: sign * t.best(self.metric, self.mode)[self.metric])
+
+
+def _statuses(path: Path) -> dict[str, tuple[str, str | None]]:
+    """trial_id -> (status, error) from Ray Tune's newest experiment state file."""
+    states = sorted(path.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        data = json.loads(states[-1].read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    out = {}
+    for entry in data.get("trial_data", []):
+        try:
+            info = json.loads(entry[0]) if isinstance(entry, list) else entry
+        except (TypeError, json.JSONDecodeError):
+            continue
+        if isinstance(info, dict) and "trial_id" in info:
+            out[info["trial_id"]] = (info.get("status", "UNKNOWN"), None)
+    return out
+
+
+def _read_history(result_file: Path) -> list[dict[str, Any]]:
+    rows = []
+    if result_file.is_file():
+        for line in result_file.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line still being written
+    return rows
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Every trial of the experiment in path, with its per-epoch history and status."""
+    path = Path(path)
+    meta_file = path / "clustune.json"
+    if not meta_file.is_file():
+        raise ExperimentError(f"{path} is not a clustune experiment (no clustune.json)")
+    meta = json.loads(meta_file.read_text())
+    statuses = _statuses(path)
+    trials = []
+    for params_file in sorted(path.glob("*/params.json")):
+        folder = params_file.parent
+        history = _read_history(folder / "result.json")
+        trial_id = history[0]["trial_id"] if history else folder.name.split("_")[1]
+        status, error = statuses.get(trial_id, ("UNKNOWN", None))
+        if (folder / "error.txt").is_file():
+            error = (folder / "error.txt").read_text().strip().splitlines()[-1][:300]
+        trials.append(TrialRecord(trial_id, folder, status,
+                                  json.loads(params_file.read_text()), history, error))
+    return Experiment(path, meta, trials)

@@ -1,0 +1,116 @@
+"""``clustune export``, ``best``, ``report`` and ``dashboard``: reading an experiment back."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TypeVar
+
+from analysis import ExperimentError, best_configs, export_experiment, load_experiment, write_report
+
+from ._console import UsageError, console
+
+__all__ = ["add_analysis_commands"]
+
+T = TypeVar("T")
+
+
+def _run(what: Callable[[], T]) -> T:
+    """Turn a missing experiment or an unwritable --out into a one-line usage error."""
+    try:
+        return what()
+    except ExperimentError as err:
+        raise UsageError(str(err)) from None
+    except OSError as err:
+        raise UsageError(f"cannot write {err.filename or 'the output'}: "
+                         f"{err.strerror or err}") from None
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    written = _run(lambda: export_experiment(args.dir, args.out))
+    for path in written.values():
+        print(path)
+    return 0
+
+
+def _cmd_best(args: argparse.Namespace) -> int:
+    written = _run(lambda: best_configs(args.dir, top=args.top, out=args.out))
+    if not written:
+        console.print("no trial has finished an epoch yet: nothing to export", markup=False)
+    for path in written:
+        print(path)
+    if written:
+        console.print(f"run one with: clustune train --config {written[0]}", markup=False)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    path = _run(lambda: write_report(args.dir, args.out))
+    print(path)
+    console.print(f"open it offline: file://{path.resolve()}", markup=False)
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    import optuna_dashboard
+
+    experiment = _run(lambda: load_experiment(args.dir))
+    storage = experiment.study_storage
+    if storage is None:
+        raise UsageError(f"{experiment.path} has no optuna.db yet; start the search first")
+    console.print(f"Optuna dashboard:  http://{args.host}:{args.port}/dashboard  "
+                  f"(study {experiment.meta['study_name']}; Ctrl-C stops it)\n"
+                  f"TensorBoard:       tensorboard --logdir {experiment.path}\n"
+                  "Ray dashboard:     while a search runs, after pip install "
+                  "'clustune[dashboard]'", markup=False)
+    try:
+        optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    except OSError as err:
+        raise UsageError(f"cannot serve on {args.host}:{args.port}: {err.strerror or err}") \
+            from None
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def add_analysis_commands(sub) -> None:
+    p = sub.add_parser("export", help="write every trial and every epoch to Parquet",
+                       description="Write trials.parquet (one row per trial) and epochs.parquet "
+                       "(one row per trial and epoch) for a running or finished search; the "
+                       "columns are documented in docs/exports.md.")
+    p.add_argument("dir", help="the experiment folder")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: DIR/export)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("best", help="write the best trials' configs as runnable YAML",
+                       description="Write the top trials' resolved training configs, ranked by "
+                       "the search metric, as RANK-TRIAL.yaml files that `clustune train "
+                       "--config FILE` and `clustune search --config FILE` run as they are.")
+    p.add_argument("dir", help="the experiment folder")
+    p.add_argument("--top", type=_positive, default=3, metavar="N",
+                   help="how many trials (default: 3)")
+    p.add_argument("--out", metavar="FOLDER", help="output folder (default: DIR/best); "
+                   "files an earlier `clustune best` wrote there are replaced")
+    p.set_defaults(func=_cmd_best)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report",
+                       description="Write one HTML file, readable offline: the clean/robust "
+                       "Pareto front, parameter importances, learning curves, AutoAttack "
+                       "results with masking flags and a paper-style results table.")
+    p.add_argument("dir", help="the experiment folder")
+    p.add_argument("--out", metavar="FILE", help="output file (default: DIR/report.html)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard on the experiment's study",
+                       description="Serve optuna-dashboard on the experiment's Optuna study "
+                       "until Ctrl-C. It binds 127.0.0.1 by default; reach a remote machine "
+                       "through an SSH tunnel rather than binding a public address.")
+    p.add_argument("dir", help="the experiment folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    p.set_defaults(func=_cmd_dashboard)

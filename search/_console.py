@@ -1,0 +1,49 @@
+"""Terminal output shared by the commands: one-line errors, progress bars, metric lines."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+
+__all__ = ["console", "UsageError", "fail", "progress_bar", "format_metrics"]
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: one line, exit code 2."""
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"clustune: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+@contextmanager
+def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
+    """A progress callback (stage, done, total) drawn as a bar on a terminal."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+            if done >= total:
+                bar.remove_task(tasks.pop(stage))
+
+        yield update
+
+
+def format_metrics(m: dict, keys: tuple[str, ...]) -> str:
+    parts = []
+    for k in keys:
+        if k in m and m[k] is not None:
+            v = m[k]
+            parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    return "  ".join(parts)

@@ -1,0 +1,17 @@
+"""Output folders that are never silently overwritten."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._console import UsageError
+
+__all__ = ["claim_output_dir"]
+
+
+def claim_output_dir(path: Path) -> None:
+    """Create an empty output folder; refuse one that already holds files."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UsageError(f"{path} already exists and is not empty; choose another --out")
+    path.mkdir(parents=True, exist_ok=True)

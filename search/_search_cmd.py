@@ -1,0 +1,165 @@
+"""``clustune search``, ``resume`` and ``status``."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+from rich.table import Table
+
+from analysis import Experiment, ExperimentError, load_experiment
+
+from ._console import UsageError, console
+from ._spaces import SearchConfig, load_search_config
+from ._tuner import build_tuner, read_meta, restore_tuner, start_ray
+
+__all__ = ["add_search_commands", "run_search", "resume_search", "trial_table"]
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def _watch_hints(experiment_dir: Path, dashboard: str | None) -> None:
+    meta = read_meta(experiment_dir)
+    console.print(f"experiment folder: {experiment_dir}")
+    if dashboard:
+        console.print(f"Ray dashboard:     {dashboard}")
+    console.print(f"TensorBoard:       tensorboard --logdir {experiment_dir}")
+    console.print(f"Optuna dashboard:  clustune dashboard {experiment_dir}  "
+                  f"(or optuna-dashboard {meta['study_storage']})")
+    console.print(f"trial table:       clustune status {experiment_dir}")
+
+
+def run_search(cfg: SearchConfig, experiment_dir: Path, address: str | None = None,
+               num_cpus: int | None = None) -> Experiment:
+    """Launch a new search; returns the experiment as read back from its folder."""
+    experiment_dir = experiment_dir.resolve()
+    if experiment_dir.exists() and any(experiment_dir.iterdir()):
+        raise UsageError(f"{experiment_dir} already exists; continue it with `clustune resume "
+                         f"{experiment_dir}` or choose another --name")
+    dashboard = start_ray(address, num_cpus)
+    tuner = build_tuner(cfg, experiment_dir, experiment_dir.name)
+    _watch_hints(experiment_dir, dashboard)
+    return _fit(tuner, experiment_dir)
+
+
+def resume_search(experiment_dir: Path, address: str | None = None,
+                  num_cpus: int | None = None) -> Experiment:
+    experiment_dir = experiment_dir.resolve()
+    read_meta(experiment_dir)
+    start_ray(address, num_cpus)
+    tuner = restore_tuner(experiment_dir)
+    console.print(f"resuming {experiment_dir}")
+    return _fit(tuner, experiment_dir)
+
+
+def _fit(tuner, experiment_dir: Path) -> Experiment:
+    start = time.perf_counter()
+    tuner.fit()
+    experiment = load_experiment(experiment_dir)
+    wall = time.perf_counter() - start
+    unfinished = [t for t in experiment.trials if t.status not in ("TERMINATED", "ERROR")]
+    wanted = _wanted_trials(experiment)
+    console.print(trial_table(experiment, top=10))
+    if unfinished or len(experiment.trials) < wanted:
+        console.print(f"search stopped early after {wall:.0f} s: "
+                      f"continue it with `clustune resume {experiment_dir}`")
+    else:
+        console.print(f"search finished: {len(experiment.trials)} trials in {wall:.0f} s")
+    return experiment
+
+
+def _wanted_trials(experiment: Experiment) -> int:
+    cfg = experiment.meta["config"]
+    return len(cfg["points"]) or cfg["search"]["num_samples"]
+
+
+def trial_table(experiment: Experiment, top: int | None = None) -> Table:
+    """Trials ranked by their best epoch on the search metric."""
+    metric, mode = experiment.metric, experiment.mode
+    table = Table(title=f"{experiment.path.name}: trials by best {metric}")
+    for col in ("trial", "status", "epochs", "best clean", "best robust", "params"):
+        table.add_column(col, overflow="fold")
+    ranked = experiment.ranked()
+    rest = [t for t in experiment.trials if t not in ranked]
+    for t in (ranked[:top] if top else ranked) + ([] if top else rest):
+        best = t.best(metric, mode)
+        status = t.status + (" (diverged)" if t.diverged else "")
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
+        table.add_row(t.trial_id, status, str(t.epochs), _fmt(best.get("val_clean_acc")),
+                      _fmt(best.get("val_robust_acc")), params)
+    return table
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    extra = list(args.overrides)
+    for flag, key in (("num_samples", "search.num_samples"),
+                      ("cpus_per_trial", "search.cpus_per_trial"),
+                      ("gpus_per_trial", "search.gpus_per_trial"),
+                      ("max_concurrent", "search.max_concurrent"),
+                      ("final_top_k", "search.final_top_k"),
+                      ("final_examples", "search.final_examples")):
+        value = getattr(args, flag)
+        if value is not None:
+            extra.append(f"{key}={value}")
+    cfg = load_search_config(args.preset, args.config, extra)
+    name = args.name or f"{args.preset or (Path(args.config).stem if args.config else 'quick')}" \
+        f"-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not NAME_RE.match(name):
+        raise UsageError(f"--name {name!r}: use letters, digits, '-', '_' or '.'")
+    run_search(cfg, Path(args.storage) / name, args.address)
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    resume_search(Path(args.dir), args.address)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    try:
+        experiment = load_experiment(args.dir)
+    except ExperimentError as err:
+        raise UsageError(str(err)) from None
+    console.print(trial_table(experiment))
+    return 0
+
+
+def add_search_commands(sub, add_config_args) -> None:
+    p = sub.add_parser("search", help="run a hyperparameter search (embedded Ray or a cluster)",
+                       description="Search training settings with Optuna through Ray Tune, "
+                       "stop weak trials with ASHA, and re-check the best with AutoAttack.")
+    add_config_args(p, "quick")
+    p.add_argument("--name", help="experiment name (default: PRESET-TIME)")
+    p.add_argument("--storage", default="experiments",
+                   help="folder holding experiments; shared storage on a cluster "
+                   "(default: ./experiments)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an "
+                   "embedded Ray)")
+    p.add_argument("--num-samples", type=int, help="number of trials")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions share one)")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once")
+    p.add_argument("--final-top-k", type=int, help="best trials re-evaluated with AutoAttack "
+                   "at the end (0: skip)")
+    p.add_argument("--final-examples", type=int, help="test images per final evaluation")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("resume", help="continue an interrupted search",
+                       description="Continue a search stopped by Ctrl-C or a killed driver; "
+                       "finished trials are kept and not run again.")
+    p.add_argument("dir", help="the experiment folder")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or embedded)")
+    p.set_defaults(func=_cmd_resume)
+
+    p = sub.add_parser("status", help="print the trial table of a running or finished search")
+    p.add_argument("dir", help="the experiment folder")
+    p.set_defaults(func=_cmd_status)
+

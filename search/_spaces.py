@@ -1,0 +1,197 @@
+"""Search configurations: a training base, an Optuna define-by-run space, fixed points, and
+the search settings, loaded from YAML presets and validated before Ray starts."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from pydantic import Field, ValidationError, model_validator
+
+from trainable import ConfigError, TrainConfig, apply_overrides, build_config, parse_overrides
+from trainable._config import NUM_CLASSES, _Section, load_preset, read_yaml, validation_message
+
+__all__ = ["ParamSpec", "SearchSettings", "SearchConfig", "load_search_config",
+           "list_search_presets", "resolve_trial_config", "suggest", "nest_params"]
+
+
+class ParamSpec(_Section):
+    """One searched knob, named by its dotted TrainConfig path (e.g. clusters.k)."""
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ParamSpec:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty choices list")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ValueError(f"{self.type} needs low <= high")
+        elif self.log and self.low <= 0:
+            raise ValueError("log scale needs low > 0")
+        return self
+
+
+class SearchSettings(_Section):
+    num_samples: int = Field(12, ge=1)  # trials (with fixed points: one per point)
+    metric: str = "val_robust_acc"  # what ASHA and single-objective samplers maximise
+    mode: Literal["max", "min"] = "max"
+    sampler: Literal["tpe", "random", "nsga2", "motpe"] = "tpe"  # nsga2/motpe: multi-objective
+    objectives: list[str] = ["val_clean_acc", "val_robust_acc"]  # for nsga2 / motpe (maximised)
+    scheduler: Literal["asha", "hyperband", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)  # epochs before ASHA may stop a trial
+    reduction_factor: float = Field(3, gt=1)
+    max_concurrent: int = Field(2, ge=1)
+    cpus_per_trial: float = Field(1, gt=0)
+    gpus_per_trial: float = Field(0, ge=0)  # fractions share a GPU between trials
+    keep_checkpoints: int = Field(2, ge=1)  # best by metric
+    max_failures: int = Field(2, ge=0)  # retries of a crashed trial from its last checkpoint
+    reuse_actors: bool = True
+    seed: int = 0  # sampler seed
+    final_top_k: int = Field(2, ge=0)  # trials re-evaluated with AutoAttack at the end (0: off)
+    final_examples: int = Field(500, ge=1)  # test images per final evaluation
+
+    @property
+    def multi_objective(self) -> bool:
+        return self.sampler in ("nsga2", "motpe")
+
+
+class SearchConfig(_Section):
+    description: str = ""
+    base: str | None = None  # a training preset the trials start from
+    train: dict[str, Any] = {}  # settings on top of base, as in a training config file
+    space: dict[str, ParamSpec] = {}
+    points: dict[str, dict[str, Any]] = {}  # named fixed configurations run side by side
+    search: SearchSettings = SearchSettings()
+
+    @model_validator(mode="after")
+    def _space_or_points(self) -> SearchConfig:
+        if self.space and self.points:
+            raise ValueError("give a search space or fixed points, not both")
+        if not self.space and not self.points:
+            raise ValueError("a search needs a space or points")
+        return self
+
+    def base_dict(self) -> dict[str, Any]:
+        base = load_preset(self.base) if self.base else {}
+        return apply_overrides(base, self.train)
+
+
+def nest_params(params: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def resolve_trial_config(base: dict[str, Any], points: dict[str, dict[str, Any]],
+                         params: dict[str, Any]) -> TrainConfig:
+    """A trial's TrainConfig: base, then its fixed point (if any), then its sampled knobs."""
+    params = dict(params)
+    point = params.pop("point", None)
+    merged = apply_overrides(base, points[point]) if point is not None else base
+    return build_config(apply_overrides(merged, nest_params(params)))
+
+
+def suggest(trial: optuna.Trial, cfg: SearchConfig, base: dict[str, Any]) -> dict[str, Any]:
+    """Define-by-run sampling that keeps L <= C*K and M-1 <= (C-1)*K whatever K is drawn."""
+    if cfg.points:
+        return {"point": trial.suggest_categorical("point", list(cfg.points))}
+    out: dict[str, Any] = {}
+    classes = NUM_CLASSES[base.get("data", {}).get("dataset", "fashion-mnist")]
+    base_k = base.get("clusters", {}).get("k", 2)
+    for name, spec in cfg.space.items():
+        if spec.type == "categorical":
+            out[name] = trial.suggest_categorical(name, spec.choices)
+            continue
+        low, high = spec.low, spec.high
+        k = out.get("clusters.k", base_k)
+        if name == "clusters.l":
+            high = min(high, classes * k)
+        elif name == "clusters.m":
+            high = min(high, classes * k, (classes - 1) * k + 1)
+        low = min(low, high)
+        if spec.type == "int":
+            out[name] = trial.suggest_int(name, int(low), int(high), log=spec.log,
+                                          step=int(spec.step or 1))
+        else:
+            out[name] = trial.suggest_float(name, low, high, log=spec.log, step=spec.step)
+    return out
+
+
+def _check(cfg: SearchConfig) -> None:
+    """Reject a space that can produce an invalid training config, before Ray starts."""
+    base = cfg.base_dict()
+    try:
+        build_config(base) if not cfg.points else None
+    except ConfigError as err:
+        raise ConfigError(f"train: {err}") from None
+    for name in cfg.points:
+        try:
+            resolve_trial_config(base, cfg.points, {"point": name})
+        except ConfigError as err:
+            raise ConfigError(f"points.{name}: {err}") from None
+    if cfg.space:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        draws = 32
+        for _ in range(draws):
+            trial = study.ask()
+            params = suggest(trial, cfg, base)
+            try:
+                resolve_trial_config(base, {}, params)
+            except ConfigError as err:
+                raise ConfigError(f"space: {params} gives an invalid config: {err}") from None
+            study.tell(trial, 0.0)
+    if cfg.search.metric not in _known_metrics() and not cfg.search.multi_objective:
+        raise ConfigError(f"search.metric: unknown metric {cfg.search.metric!r}")
+
+
+def _known_metrics() -> set[str]:
+    return {"val_clean_acc", "val_pgd_acc", "val_robust_acc", "val_margin",
+            "val_certified_radius", "train_loss"}
+
+
+def _preset_dir():
+    return resources.files("search") / "presets"
+
+
+def list_search_presets() -> list[str]:
+    return sorted(p.name[:-5] for p in _preset_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def load_search_config(preset: str | None = None, config_file: str | Path | None = None,
+                       overrides: list[str] | None = None) -> SearchConfig:
+    """A search preset or YAML file, ``--set`` overrides, validated and checked."""
+    if preset and config_file:
+        raise ConfigError("give --preset or --config, not both")
+    if config_file:
+        data = read_yaml(config_file)
+    else:
+        name = preset or "quick"
+        path = _preset_dir() / f"{name}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"unknown search preset {name!r}; choose one of "
+                              f"{', '.join(list_search_presets())}")
+        data = read_yaml(Path(str(path)))
+    if "space" not in data and "points" not in data and "search" not in data:
+        # a training config (e.g. from `clustune best`): run it as one fixed point
+        data = {"train": data, "points": {"config": {}}, "search": {"num_samples": 1}}
+    data = apply_overrides(data, parse_overrides(overrides or []))
+    try:
+        cfg = SearchConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(validation_message(err)) from None
+    _check(cfg)
+    return cfg

@@ -1,0 +1,121 @@
+"""``ClusteringTrainable``: one trial of a search as a Ray Tune class Trainable.
+
+``setup`` builds the Trainer from the trial's config, ``step`` runs one epoch and reports its
+metrics, checkpoints restore a trial exactly, and ``reset_config`` lets Tune reuse actors (the
+dataset stays loaded). The CE warm start is trained once per (data, model, seed) and shared
+through a file in the experiment folder.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from trainable import TrainConfig, Trainer, TrainingDiverged, build_config, load_checkpoint
+
+from ._spaces import resolve_trial_config
+
+__all__ = ["ClusteringTrainable", "InjectedFault", "shared_warm_start"]
+
+STATE_FILE = "state.pt"
+
+
+class InjectedFault(RuntimeError):
+    """Raised once by ``fail_at_epoch`` to test retries."""
+
+
+def _warm_start_key(cfg: TrainConfig) -> str:
+    ident = {"data": cfg.data.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
+             "seed": cfg.seed, "ce_epochs": cfg.warm_start.ce_epochs, "lr": cfg.warm_start.lr,
+             "batch": cfg.batch_size}
+    digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{cfg.data.dataset}-{cfg.model.arch}-seed{cfg.seed}-{digest}"
+
+
+def shared_warm_start(cfg: TrainConfig, folder: Path, device: str | None = None) -> TrainConfig:
+    """Point cfg at a shared CE warm-start checkpoint, training it first if no trial has.
+
+    A file lock makes concurrent trials wait for the one that trains it.
+    """
+    if not cfg.warm_start.ce_epochs:
+        return cfg
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{_warm_start_key(cfg)}.pt"
+    with (folder / f"{path.stem}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            ce = cfg.model_copy(deep=True)
+            ce.objective.variant = "ce"
+            Trainer(ce, device=device).save(path)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    data = cfg.model_dump(mode="json")
+    data["warm_start"].update(ce_epochs=0, checkpoint=str(path))
+    return build_config(data)
+
+
+class ClusteringTrainable(tune.Trainable):
+    """One trial: an epoch per ``step``; reports the Trainer's per-epoch metrics."""
+
+    def setup(self, config: dict[str, Any], base: dict[str, Any] | None = None,
+              points: dict[str, dict[str, Any]] | None = None,
+              experiment_dir: str | None = None) -> None:
+        self.base, self.points = base or {}, points or {}
+        self.experiment_dir = Path(experiment_dir) if experiment_dir else None
+        cpus = int(max(1, self.trial_resources.head_cpus if self.trial_resources else 1))
+        torch.set_num_threads(cpus)
+        self._build(config)
+
+    def _build(self, config: dict[str, Any]) -> None:
+        cfg = resolve_trial_config(self.base, self.points, config)
+        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+        if self.experiment_dir is not None:
+            cfg = shared_warm_start(cfg, self.experiment_dir / "warm_start", device)
+        self.cfg = cfg
+        self.trainer = Trainer(cfg, device=device)
+
+    def step(self) -> dict[str, Any]:
+        fault = self.cfg.fail_at_epoch
+        if fault == self.trainer.epoch + 1 and self._first_time(f"fault-epoch{fault}"):
+            raise InjectedFault(f"injected fault at epoch {fault}")
+        try:
+            metrics = self.trainer.train_epoch()
+        except TrainingDiverged as err:
+            return {"diverged": str(err), "val_clean_acc": 0.0, "val_robust_acc": 0.0,
+                    "val_pgd_acc": 0.0, "done": True}
+        metrics.pop("cluster_sizes", None)
+        metrics.pop("epoch", None)
+        metrics["done"] = self.trainer.epoch >= self.cfg.optim.epochs
+        return metrics
+
+    def _first_time(self, tag: str) -> bool:
+        """True once per trial and tag, across retries (a marker in the experiment folder)."""
+        if self.experiment_dir is None:
+            return True
+        marker = self.experiment_dir / "faults" / f"{self.trial_id}-{tag}"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            return False
+        os.close(fd)
+        return True
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        self.trainer.save(Path(checkpoint_dir) / STATE_FILE)
+
+    def load_checkpoint(self, checkpoint: str | dict | None) -> None:
+        state = load_checkpoint(Path(checkpoint) / STATE_FILE, self.trainer.device)
+        self.trainer.load_state_dict(state)
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        self._build(new_config)
+        self.config = new_config
+        return True

@@ -1,0 +1,166 @@
+"""Assembling and launching a search: Ray (embedded or a cluster), OptunaSearch, the scheduler,
+and the Tuner; resuming an interrupted one."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from trainable import atomic_write_text
+
+from ._console import UsageError
+from ._spaces import SearchConfig, suggest
+from ._trainable import ClusteringTrainable
+
+__all__ = ["start_ray", "build_tuner", "restore_tuner", "read_meta", "META_FILE",
+           "STUDY_FILE", "study_storage_url"]
+
+META_FILE = "clustune.json"
+STUDY_FILE = "optuna.db"
+
+
+def dashboard_available() -> bool:
+    """The Ray dashboard needs the optional ray[default] extra."""
+    return importlib.util.find_spec("aiohttp") is not None and \
+        importlib.util.find_spec("ray.dashboard") is not None
+
+
+def _reachable(address: str, timeout: float = 5.0) -> bool:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None) -> str | None:
+    """Join the cluster at address (or RAY_ADDRESS), else start an embedded Ray.
+
+    Returns the dashboard URL when there is one. Servers bind to 127.0.0.1.
+    """
+    if ray.is_initialized():
+        return None
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address != "auto" and not _reachable(address):
+        raise UsageError(f"cannot reach a Ray cluster at {address}")
+    kwargs: dict[str, Any] = {"logging_level": "ERROR", "configure_logging": True}
+    if address:
+        context = ray.init(address=address, **kwargs)
+    else:
+        with_dash = dashboard_available()
+        context = ray.init(num_cpus=num_cpus, include_dashboard=with_dash,
+                           dashboard_host="127.0.0.1", **kwargs)
+    url = getattr(context, "dashboard_url", None)
+    return f"http://{url}" if url else None
+
+
+def study_storage_url(experiment_dir: Path) -> str:
+    return f"sqlite:///{(experiment_dir / STUDY_FILE).resolve()}"
+
+
+def read_meta(experiment_dir: Path) -> dict[str, Any]:
+    path = Path(experiment_dir) / META_FILE
+    if not path.is_file():
+        raise UsageError(f"{experiment_dir} is not a clustune experiment (no {META_FILE})")
+    return json.loads(path.read_text())
+
+
+def _trainable(cfg: SearchConfig, experiment_dir: Path):
+    s = cfg.search
+    with_params = tune.with_parameters(ClusteringTrainable, base=cfg.base_dict(),
+                                       points=cfg.points, experiment_dir=str(experiment_dir))
+    return tune.with_resources(with_params, {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
+
+
+def _sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
+    s = cfg.search
+    if cfg.points:
+        return optuna.samplers.GridSampler({"point": list(cfg.points)}, seed=s.seed)
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=s.seed)
+    return optuna.samplers.TPESampler(seed=s.seed,
+                                      n_startup_trials=min(10, max(2, s.num_samples // 3)))
+
+
+def _max_epochs(cfg: SearchConfig) -> int:
+    base = cfg.base_dict()
+    epochs = [base.get("optim", {}).get("epochs", 25)]
+    epochs += [p.get("optim", {}).get("epochs", epochs[0]) for p in cfg.points.values()]
+    spec = cfg.space.get("optim.epochs")
+    if spec is not None:
+        epochs.append(int(spec.high if spec.high is not None else max(spec.choices)))
+    return max(epochs)
+
+
+def build_tuner(cfg: SearchConfig, experiment_dir: Path, name: str) -> tune.Tuner:
+    """A Tuner for a new search; writes the experiment's metadata file first."""
+    s = cfg.search
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    study_name = f"clustune-{name}"
+    meta = {"name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "study_name": study_name, "study_storage": study_storage_url(experiment_dir),
+            "config": cfg.model_dump(mode="json"), "base": cfg.base_dict()}
+    atomic_write_text(experiment_dir / META_FILE, json.dumps(meta, indent=2))
+    base = cfg.base_dict()
+    storage = optuna.storages.RDBStorage(study_storage_url(experiment_dir))
+    multi = s.multi_objective and not cfg.points
+    metric: str | list[str] = s.objectives if multi else s.metric
+    mode: str | list[str] = ["max"] * len(s.objectives) if multi else s.mode
+    searcher = OptunaSearch(space=functools.partial(_define_by_run, cfg=cfg, base=base),
+                            metric=metric, mode=mode, sampler=_sampler(cfg),
+                            study_name=study_name, storage=storage)
+    limited = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
+    max_t = _max_epochs(cfg)
+    sched_metric = {"metric": s.metric, "mode": s.mode} if multi else {}
+    if s.scheduler == "asha" and not cfg.points:
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
+                                  grace_period=s.grace_period,
+                                  reduction_factor=s.reduction_factor, **sched_metric)
+    elif s.scheduler == "hyperband" and not cfg.points:
+        scheduler = HyperBandScheduler(time_attr="training_iteration", max_t=max_t,
+                                       reduction_factor=s.reduction_factor, **sched_metric)
+    else:
+        scheduler = FIFOScheduler()
+    tune_config = tune.TuneConfig(
+        search_alg=limited, scheduler=scheduler, num_samples=len(cfg.points) or s.num_samples,
+        reuse_actors=s.reuse_actors, **({} if multi else {"metric": s.metric, "mode": s.mode}))
+    run_config = tune.RunConfig(
+        name=name, storage_path=str(experiment_dir.parent.resolve()),
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric,
+            checkpoint_score_order=s.mode, checkpoint_frequency=1, checkpoint_at_end=False),
+        failure_config=tune.FailureConfig(max_failures=s.max_failures),
+        verbose=1)
+    return tune.Tuner(_trainable(cfg, experiment_dir), tune_config=tune_config,
+                      run_config=run_config)
+
+
+def _define_by_run(trial: optuna.Trial, cfg: SearchConfig, base: dict[str, Any]) -> None:
+    suggest(trial, cfg, base)
+
+
+def restore_tuner(experiment_dir: Path) -> tune.Tuner:
+    """The Tuner of an interrupted search; finished trials are kept, unfinished ones continue."""
+    meta = read_meta(experiment_dir)
+    cfg = SearchConfig.model_validate(meta["config"])
+    if not tune.Tuner.can_restore(str(experiment_dir)):
+        raise UsageError(f"{experiment_dir} has no search state to resume yet")
+    return tune.Tuner.restore(str(experiment_dir.resolve()),
+                              trainable=_trainable(cfg, experiment_dir),
+                              resume_unfinished=True, resume_errored=True)

@@ -1,0 +1,86 @@
+"""Real searches through Ray Tune on digits: metrics, ASHA, the Optuna study, restore."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from analysis import load_experiment
+from search import ClusteringTrainable, SearchConfig, run_search
+from search._tuner import read_meta
+
+
+def _config(data: dict) -> SearchConfig:
+    return SearchConfig.model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def asha_experiment(ray_session, tmp_path_factory, digits_search):
+    cfg = _config(digits_search(num_samples=8, reduction_factor=2, grace_period=1))
+    return run_search(cfg, tmp_path_factory.mktemp("exp") / "asha")
+
+
+def test_trials_report_metrics_every_epoch(asha_experiment):
+    assert len(asha_experiment.trials) == 8
+    for trial in asha_experiment.trials:
+        assert trial.status == "TERMINATED"
+        assert trial.history, "every trial reports at least one epoch"
+        for row in trial.history:
+            for key in ("val_clean_acc", "val_robust_acc", "val_pgd_acc", "sigma2"):
+                assert 0 <= row[key] <= 1 or key == "sigma2"
+                assert math.isfinite(row[key])
+            assert row["val_robust_acc"] <= row["val_pgd_acc"] + 1e-9
+
+
+def test_asha_stops_some_trials_early(asha_experiment):
+    epochs = [t.epochs for t in asha_experiment.trials]
+    assert max(epochs) == 4
+    assert min(epochs) < 4, f"ASHA stopped no trial: {epochs}"
+
+
+def test_optuna_study_is_persisted_and_readable(asha_experiment):
+    meta = read_meta(asha_experiment.path)
+    study = optuna.load_study(study_name=meta["study_name"], storage=meta["study_storage"])
+    assert len(study.trials) == 8
+    assert {"clusters.k", "clusters.l", "objective.lam"} <= set(study.trials[0].params)
+    for t in study.trials:
+        assert t.params["clusters.l"] <= 10 * t.params["clusters.k"]
+
+
+def test_space_constraints_hold_in_every_trial(asha_experiment):
+    for t in asha_experiment.trials:
+        assert t.params["clusters.l"] <= 10 * t.params["clusters.k"]
+
+
+def test_warm_start_is_trained_once(asha_experiment):
+    assert len(list((asha_experiment.path / "warm_start").glob("*.pt"))) == 1
+
+
+def test_status_reads_back_the_experiment(asha_experiment):
+    again = load_experiment(asha_experiment.path)
+    assert [t.trial_id for t in again.trials] == [t.trial_id for t in asha_experiment.trials]
+    best = again.ranked()[0]
+    assert best.best_checkpoint() is not None
+
+
+def test_restored_trial_continues_identically(ray_session, tmp_path, digits_search):
+    from ray import tune
+
+    cfg = _config(digits_search())
+    cls = tune.with_parameters(ClusteringTrainable, base=cfg.base_dict(), points={},
+                               experiment_dir=str(tmp_path))
+    params = {"clusters.k": 2, "clusters.l": 7, "objective.lam": 2.0}
+    first = cls(config=params)
+    first.train()
+    first.train()
+    ckpt = first.save(str(tmp_path / "ckpt"))
+    expected = first.train()
+    second = cls(config=params)
+    second.restore(ckpt)
+    got = second.train()
+    for key in ("train_loss", "val_clean_acc", "val_robust_acc", "sigma2", "val_margin"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key
+    first.stop()
+    second.stop()

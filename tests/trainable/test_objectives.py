@@ -1,0 +1,157 @@
+"""Every training objective trains on digits; the consistency terms match hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trainable import OBJECTIVES, Trainer, consistency
+from trainable._config import CLUSTERING_VARIANTS
+
+CASES = {
+    "ce": {},
+    "pgd_at": {},
+    "trades": {"objective": {"lam": 1.0}},
+    "magnet": {},
+    "qtrades-ce-mean": {"objective": {"consistency": "ce", "reduction": "mean"}},
+    "qtrades-ce-sum": {"objective": {"consistency": "ce", "reduction": "sum"}},
+    "qtrades-mse-mean": {"objective": {"consistency": "mse", "reduction": "mean"},
+                         "attack": {"loss": "mse"}},
+    "qtrades-mse-sum": {"objective": {"consistency": "mse", "reduction": "sum"},
+                        "attack": {"loss": "mse"}},
+    "qtrades-kl-mean": {"objective": {"consistency": "kl", "reduction": "mean"},
+                        "attack": {"loss": "kl", "steps": 3}},
+    "qtrades-kl-sum": {"objective": {"consistency": "kl", "reduction": "sum"},
+                       "attack": {"loss": "kl"}},
+    "qtrades-learned-ce": {"objective": {"lam_ce": 2.0}, "clusters": {"head": "learned"}},
+    "qtrades-raw": {"clusters": {"head": "raw"}},
+    "magnet_adv-pgd": {"objective": {"adv_mode": "pgd", "lam": 1.0},
+                       "attack": {"steps": 2, "step_size": 0.04}},
+    "magnet_adv-free": {"objective": {"adv_mode": "free", "free_replays": 2}},
+    "magnet_adv-learned-ce": {"objective": {"lam_ce": 1.0}, "clusters": {"head": "learned"}},
+}
+
+
+def case_config(tiny_config, name: str):
+    variant = name.split("-")[0]
+    overrides = {"objective": {"variant": variant}}
+    for section, values in CASES[name].items():
+        overrides[section] = {**overrides.get(section, {}), **values}
+    return tiny_config(overrides)
+
+
+def test_cases_cover_every_objective() -> None:
+    assert {name.split("-")[0] for name in CASES} == set(OBJECTIVES)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_variant_trains_without_nan(tiny_config, name: str) -> None:
+    cfg = case_config(tiny_config, name)
+    trainer = Trainer(cfg)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    metrics = trainer.train_epoch()
+    assert metrics["epoch"] == 1
+    assert math.isfinite(metrics["train_loss"])
+    train_terms = [k for k in metrics if k.startswith("train_") and not k.endswith("_s")]
+    assert len(train_terms) >= 2 and all(math.isfinite(metrics[k]) for k in train_terms)
+    for key in ("val_clean_acc", "val_pgd_acc", "val_robust_acc"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["val_robust_acc"] <= metrics["val_pgd_acc"]
+    # the weights moved, and stayed finite
+    after = list(trainer.model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    assert all(torch.isfinite(p).all() for p in after)
+    if cfg.is_clustering:
+        assert math.isfinite(metrics["sigma2"]) and metrics["sigma2"] > 0
+        assert math.isfinite(metrics["val_margin"])
+        assert metrics["cluster_size_min"] >= 1
+        assert sum(metrics["cluster_sizes"]) == len(trainer.data.y_train)
+    else:
+        assert "sigma2" not in metrics and "val_margin" not in metrics
+
+
+def test_clustering_variant_list_matches_config() -> None:
+    assert set(CLUSTERING_VARIANTS) == {"magnet", "qtrades", "magnet_adv"}
+
+
+def test_learned_head_is_trained_by_lam_ce(tiny_config) -> None:
+    trainer = Trainer(case_config(tiny_config, "qtrades-learned-ce"))
+    assert trainer.head.map.weight.abs().sum() == 0
+    metrics = trainer.train_epoch()
+    assert "train_ce" in metrics
+    assert trainer.head.map.weight.abs().sum() > 0
+    assert trainer.head.log_temperature.item() != 0.0
+
+
+def test_free_mode_keeps_the_perturbation_in_the_ball(tiny_config) -> None:
+    trainer = Trainer(case_config(tiny_config, "magnet_adv-free"))
+    trainer.train_epoch()
+    delta = trainer._free_delta
+    assert delta is not None and delta.abs().max() > 0
+    assert delta.abs().max().item() <= trainer.cfg.eps + 1e-6
+
+
+@pytest.mark.parametrize("name", ["pgd_at", "trades", "qtrades-ce-mean", "qtrades-kl-sum",
+                                  "qtrades-learned-ce", "magnet_adv-pgd"])
+def test_objective_attack_leaks_no_gradient(tiny_config, name: str) -> None:
+    trainer = Trainer(case_config(tiny_config, name))
+    if trainer.cfg.is_clustering:
+        trainer.refresh_clusters()
+        batch = trainer._clustering_batch()
+    else:
+        x, y = trainer._random_batch()
+        from trainable._objectives import Batch
+
+        batch = Batch(trainer.model, None, trainer.cfg, x, y, None, None, trainer.generator)
+    trainer.model.train()
+    loss, terms, per = OBJECTIVES[trainer.cfg.objective.variant](batch)
+    assert trainer.model.training
+    params = list(trainer.model.parameters()) + list(
+        trainer.head.parameters() if trainer.head is not None else [])
+    assert all(p.grad is None for p in params)  # only the caller's backward may fill them
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.parameters())
+    assert (per is not None) == trainer.cfg.is_clustering
+
+
+# ------------------------------------------------------------- consistency
+
+
+Z = torch.tensor([[0.0, math.log(3.0)], [math.log(4.0), 0.0]])  # p = [1/4, 3/4], [4/5, 1/5]
+Z_ADV = torch.tensor([[0.0, 0.0], [0.0, math.log(4.0)]])  # q = [1/2, 1/2], [1/5, 4/5]
+EMB = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+EMB_ADV = torch.tensor([[1.0, 0.0, 3.0], [3.0, 0.0, 0.0]])
+
+CE_ROWS = [math.log(2.0), -(0.8 * math.log(0.2) + 0.2 * math.log(0.8))]
+KL_ROWS = [0.25 * math.log(0.5) + 0.75 * math.log(1.5),
+           0.8 * math.log(4.0) + 0.2 * math.log(0.25)]
+MSE_ROWS = [4.0 / 3.0, 9.0 / 3.0]
+
+
+@pytest.mark.parametrize("kind,rows", [("ce", CE_ROWS), ("kl", KL_ROWS), ("mse", MSE_ROWS)])
+def test_consistency_hand_values(kind: str, rows: list[float]) -> None:
+    mean = consistency(kind, EMB, Z, EMB_ADV, Z_ADV, "mean")
+    total = consistency(kind, EMB, Z, EMB_ADV, Z_ADV, "sum")
+    assert mean.item() == pytest.approx(sum(rows) / 2, rel=1e-6)
+    assert total.item() == pytest.approx(sum(rows), rel=1e-6)
+
+
+def test_consistency_is_zero_when_nothing_changes() -> None:
+    assert consistency("kl", EMB, Z, EMB, Z, "sum").item() == pytest.approx(0.0, abs=1e-7)
+    assert consistency("mse", EMB, Z, EMB, Z, "sum").item() == 0.0
+    # ce against itself is the entropy of the clean vote, not zero
+    entropy = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    one = consistency("ce", EMB[:1], Z[:1], EMB[:1], Z[:1], "mean")
+    assert one.item() == pytest.approx(entropy, rel=1e-6)
+
+
+def test_consistency_ce_detaches_the_clean_vote_but_kl_does_not() -> None:
+    z = Z.clone().requires_grad_(True)
+    z_adv = Z_ADV.clone().requires_grad_(True)
+    consistency("ce", EMB, z, EMB_ADV, z_adv, "mean").backward()
+    assert z.grad is None and z_adv.grad.abs().sum() > 0
+    z = Z.clone().requires_grad_(True)
+    consistency("kl", EMB, z, EMB_ADV, Z_ADV, "mean").backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0

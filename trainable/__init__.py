@@ -1,0 +1,45 @@
+"""Everything that happens inside one trial: data, models, clusters, losses, heads, training.
+
+The clustering core is public so researchers can use it directly::
+
+    from trainable import MagnetLoss, ClusterSampler, ClusterHead, fit_clusters
+"""
+
+from ._attacks import frozen, pgd_linf
+from ._clusters import Clusters, ClusterSampler, fit_clusters, kmeans
+from ._config import (
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    build_config,
+    list_presets,
+    load_config,
+    parse_overrides,
+    read_yaml,
+)
+from ._data import DATASETS, DataError, ImageData, augment_batch, load_data
+from ._files import atomic_write_bytes, atomic_write_text
+from ._heads import EMPTY_CLASS_LOGIT, HEADS, ClusterHead
+from ._magnet import MagnetLoss, magnet_loss
+from ._models import Backbone, Classifier, ResNet18, SmallCNN, build_backbone
+from ._objectives import OBJECTIVES, consistency
+from ._trainer import (
+    CheckpointError,
+    Trainer,
+    TrainingDiverged,
+    load_checkpoint,
+    load_classifier,
+    resolve_device,
+)
+
+__all__ = [
+    "DATASETS", "EMPTY_CLASS_LOGIT", "HEADS", "OBJECTIVES",
+    "Backbone", "CheckpointError", "Classifier", "ClusterHead", "ClusterSampler", "Clusters",
+    "ConfigError", "DataError", "ImageData", "MagnetLoss", "ResNet18", "SmallCNN", "TrainConfig",
+    "Trainer", "TrainingDiverged",
+    "apply_overrides", "atomic_write_bytes", "atomic_write_text", "augment_batch",
+    "build_backbone", "build_config", "consistency",
+    "fit_clusters", "frozen", "kmeans", "list_presets", "load_checkpoint", "load_classifier",
+    "load_config", "load_data", "magnet_loss", "parse_overrides", "pgd_linf", "read_yaml",
+    "resolve_device",
+]

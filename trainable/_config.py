@@ -1,0 +1,255 @@
+"""One typed, validated training configuration: YAML presets plus ``--set a.b=value`` overrides.
+
+Every knob of the paper's table is a field here, so each row of the table is a config.
+Validation refuses unknown keys, wrong types and contradictory settings with one-line errors.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = ["ConfigError", "TrainConfig", "apply_overrides", "build_config", "list_presets",
+           "load_config", "load_preset", "parse_overrides", "read_yaml", "validation_message",
+           "DEFAULT_EPS"]
+
+NUM_CLASSES = {"fashion-mnist": 10, "digits": 10, "cifar10": 10}
+DEFAULT_EPS = {"fashion-mnist": 0.1, "digits": 0.1, "cifar10": 8 / 255}
+CLUSTERING_VARIANTS = ("magnet", "qtrades", "magnet_adv")
+ADVERSARIAL_VARIANTS = ("pgd_at", "trades", "qtrades", "magnet_adv")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run; the message is one line naming the problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: Literal["fashion-mnist", "digits", "cifar10"] = "fashion-mnist"
+    root: str | None = None  # dataset folder or archive; None: the dataset's standard place
+    val_fraction: float = Field(0.1, gt=0, lt=1)  # share of the training set held out
+    train_subset: int | None = Field(None, gt=0)  # train on this many examples (stratified)
+    augment: bool = True  # random crop with padding (+ flip where the dataset allows)
+    verify_md5: bool = True  # check CIFAR-10 files against the official checksums
+    download: bool = False  # CIFAR-10 only, and only when asked
+
+
+class ModelConfig(_Section):
+    arch: Literal["small_cnn", "resnet18"] = "small_cnn"
+    width: int = Field(32, ge=4)  # small_cnn channels of the first block
+    embedding_dim: int = Field(128, ge=2)  # small_cnn only; ResNet-18 embeds in 512-d
+
+
+class ClusterConfig(_Section):
+    k: int = Field(2, ge=1)  # clusters per class (K)
+    l: int = Field(10, ge=1)  # noqa: E741 - nearest clusters kept by the head (L)
+    m: int = Field(12, ge=2)  # clusters per batch (M)
+    d: int = Field(20, ge=1)  # examples per cluster (D); batch = M*D
+    alpha: float = Field(1.0, ge=0)  # magnet margin (ClusTR code: 12.5, Rippel: 1.0)
+    head: Literal["raw", "logprob", "learned"] = "logprob"
+    kmeans_iters: int = Field(20, ge=1)
+
+
+class AttackConfig(_Section):
+    """The training-time attack: eps-ball, T steps of size eta, and the loss it maximises."""
+
+    eps: float | None = Field(None, ge=0)  # Linf radius; None: the dataset's (0.1 or 8/255)
+    steps: int = Field(1, ge=1)  # T
+    step_size: float = Field(10 / 255, gt=0)  # eta (may exceed eps, as in E-QTRADES)
+    loss: Literal["ce", "mse", "kl"] = "ce"  # qtrades: consistency type the attack maximises
+
+
+class ObjectiveConfig(_Section):
+    variant: Literal["ce", "pgd_at", "trades", "magnet", "qtrades", "magnet_adv"] = "qtrades"
+    lam: float = Field(8.0, ge=0)  # lambda: consistency (qtrades), adversarial magnet, TRADES beta
+    lam_ce: float = Field(0.0, ge=0)  # lambda': CE on the head's clean logits
+    consistency: Literal["ce", "mse", "kl"] = "ce"  # qtrades training consistency type
+    reduction: Literal["mean", "sum"] = "mean"  # of the consistency term (sum: TRADES_2)
+    adv_mode: Literal["pgd", "free"] = "pgd"  # magnet_adv: two-term PGD or free replays
+    free_replays: int = Field(4, ge=1)  # m, for adv_mode free
+
+
+class OptimConfig(_Section):
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    schedule: Literal["constant", "cosine"] = "constant"
+    epochs: int = Field(25, ge=1)  # after the warm start
+    batches_per_epoch: int | None = Field(None, ge=1)  # None: one pass over the training set
+    batch_size: int | None = Field(None, ge=2)  # non-clustering variants; None: M*D
+
+
+class WarmStartConfig(_Section):
+    ce_epochs: int = Field(0, ge=0)  # CE epochs on the backbone before the objective
+    checkpoint: str | None = None  # or a CE-trained clustune checkpoint to start from
+    lr: float = Field(1e-3, gt=0)  # Adam learning rate of the CE warm start
+
+
+class EvalConfig(_Section):
+    examples: int = Field(500, ge=1)  # validation examples attacked each epoch
+    pgd_steps: int = Field(10, ge=1)
+    pgd_step_size: float | None = Field(None, gt=0)  # None: eps/4
+    eps: float | None = Field(None, ge=0)  # None: the training attack's eps
+
+
+class TrainConfig(_Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    clusters: ClusterConfig = ClusterConfig()
+    attack: AttackConfig = AttackConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    optim: OptimConfig = OptimConfig()
+    warm_start: WarmStartConfig = WarmStartConfig()
+    eval: EvalConfig = EvalConfig()
+    seed: int = 99
+    device: str = "auto"  # auto: cuda when there is one
+    fail_at_epoch: int | None = Field(None, ge=1)  # fault injection: raise once at this epoch
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        c, cl, obj = NUM_CLASSES[self.data.dataset], self.clusters, self.objective
+        if cl.l > c * cl.k:
+            raise ValueError(f"clusters.l={cl.l} exceeds C*K={c * cl.k}")
+        if cl.m > c * cl.k:
+            raise ValueError(f"clusters.m={cl.m} exceeds C*K={c * cl.k}")
+        if cl.m - 1 > (c - 1) * cl.k:
+            raise ValueError(f"clusters.m={cl.m} needs M-1 <= (C-1)*K={(c - 1) * cl.k} impostors")
+        if cl.head == "learned" and obj.lam_ce == 0 and self.is_clustering:
+            raise ValueError("clusters.head=learned is trained by objective.lam_ce; set it > 0")
+        if obj.adv_mode == "free" and obj.variant != "magnet_adv":
+            raise ValueError("objective.adv_mode=free applies to variant magnet_adv only")
+        if self.warm_start.checkpoint and self.warm_start.ce_epochs:
+            raise ValueError("warm_start: give checkpoint or ce_epochs, not both")
+        if self.data.dataset == "cifar10" and self.data.root is None and not self.data.download:
+            raise ValueError("data.root must name the CIFAR-10 folder or archive for cifar10")
+        return self
+
+    @property
+    def is_clustering(self) -> bool:
+        return self.objective.variant in CLUSTERING_VARIANTS
+
+    @property
+    def eps(self) -> float:
+        return self.attack.eps if self.attack.eps is not None else DEFAULT_EPS[self.data.dataset]
+
+    @property
+    def eval_eps(self) -> float:
+        return self.eval.eps if self.eval.eps is not None else self.eps
+
+    @property
+    def num_classes(self) -> int:
+        return NUM_CLASSES[self.data.dataset]
+
+    @property
+    def batch_size(self) -> int:
+        if self.is_clustering:
+            return self.clusters.m * self.clusters.d
+        return self.optim.batch_size or self.clusters.m * self.clusters.d
+
+
+def validation_message(err: ValidationError) -> str:
+    """One line from pydantic's errors: 'clusters.l: must be ...; ...'."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror}") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: malformed YAML{where}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def _preset_dir(package: str) -> Any:
+    return resources.files(package) / "presets"
+
+
+def list_presets(package: str = "trainable") -> list[str]:
+    return sorted(p.name[:-5] for p in _preset_dir(package).iterdir() if p.name.endswith(".yaml"))
+
+
+def load_preset(name: str, package: str = "trainable") -> dict[str, Any]:
+    path = _preset_dir(package) / f"{name}.yaml"
+    if not path.is_file():
+        choices = ", ".join(list_presets(package))
+        raise ConfigError(f"unknown preset {name!r}; choose one of {choices}")
+    return read_yaml(Path(str(path)))
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``a.b=value`` strings to a nested dict; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not p for p in key.split(".")):
+            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML") from err
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p} is already set to a value")
+        node[leaf] = value
+    return out
+
+
+def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge overrides into a copy of base."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = apply_overrides(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_config(data: dict[str, Any]) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(validation_message(err)) from None
+
+
+def load_config(preset: str | None = None, config_file: str | Path | None = None,
+                overrides: list[str] | None = None) -> TrainConfig:
+    """Preset (or a YAML file), then ``--set`` overrides, validated as one TrainConfig."""
+    if preset and config_file:
+        raise ConfigError("give --preset or --config, not both")
+    data: dict[str, Any] = {}
+    if preset:
+        data = load_preset(preset)
+    elif config_file:
+        data = read_yaml(config_file)
+    data = apply_overrides(data, parse_overrides(overrides or []))
+    return build_config(data)

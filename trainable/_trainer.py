@@ -1,0 +1,406 @@
+"""The whole training recipe of one trial: data, model, clusters, objective, evaluation.
+
+``Trainer`` is what ``clustune train`` runs and what the Ray Tune Trainable wraps: one call to
+:meth:`Trainer.train_epoch` is one epoch and returns that epoch's metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ._attacks import frozen, pgd_linf
+from ._clusters import Clusters, ClusterSampler, fit_clusters
+from ._config import TrainConfig, build_config
+from ._data import ImageData, as_float, augment_batch, load_data
+from ._files import atomic_write_bytes
+from ._heads import ClusterHead
+from ._models import Backbone, Classifier, build_backbone
+from ._objectives import OBJECTIVES, Batch, free_magnet_adv_replay
+
+__all__ = ["Trainer", "TrainingDiverged", "CheckpointError", "load_checkpoint",
+           "load_classifier", "resolve_device", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "clustune-checkpoint-v1"
+EVAL_BATCH = 500
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the trial ends with this reason."""
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable clustune checkpoint."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+_DATA_CACHE: dict[tuple, ImageData] = {}
+
+
+def _cached_data(cfg: TrainConfig, device: torch.device) -> ImageData:
+    """Datasets are loaded once per process (actor reuse keeps them across trials)."""
+    d = cfg.data
+    key = (d.dataset, d.root, d.val_fraction, d.train_subset, d.verify_md5, str(device))
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = load_data(d.dataset, d.root, d.val_fraction, d.train_subset,
+                                     seed=0, verify_md5=d.verify_md5, download=d.download
+                                     ).to(device)
+    return _DATA_CACHE[key]
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    """Default progress callback: silent."""
+
+
+class Trainer:
+    """Trains one model under one TrainConfig, an epoch per :meth:`train_epoch` call."""
+
+    def __init__(self, cfg: TrainConfig, device: str | torch.device | None = None,
+                 progress: Callable[[str, int, int], None] | None = None) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(str(device or cfg.device))
+        self.progress = progress or _no_progress
+        torch.manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.data = _cached_data(cfg, self.device)
+        d = self.data
+        self.model: Backbone = build_backbone(
+            cfg.model.arch, d.in_channels, d.num_classes, d.mean, d.std,
+            cfg.model.width, cfg.model.embedding_dim).to(self.device)
+        self.head: ClusterHead | None = None
+        if cfg.is_clustering:
+            self.head = ClusterHead(cfg.clusters.head, d.num_classes, cfg.clusters.k,
+                                    cfg.clusters.l, self.model.embedding_dim).to(self.device)
+        self.clusters: Clusters | None = None
+        self.sampler: ClusterSampler | None = None
+        self._free_delta: torch.Tensor | None = None
+        self.epoch = 0
+        if cfg.warm_start.checkpoint:
+            state = load_checkpoint(cfg.warm_start.checkpoint, self.device)
+            try:
+                self.model.load_state_dict(state["model"])
+            except RuntimeError as err:
+                raise CheckpointError(f"{cfg.warm_start.checkpoint}: backbone does not match "
+                                      f"model.arch={cfg.model.arch}") from err
+        elif cfg.warm_start.ce_epochs:
+            self.warm_start(cfg.warm_start.ce_epochs)
+        params = list(self.model.parameters()) + (list(self.head.parameters()) if self.head else [])
+        o = cfg.optim
+        if o.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum,
+                                             weight_decay=o.weight_decay, nesterov=True)
+        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, o.epochs)
+                          if o.schedule == "cosine" else None)
+
+    # ----------------------------------------------------------------- data
+    def _batches_per_epoch(self) -> int:
+        n = self.cfg.optim.batches_per_epoch
+        return n or max(1, len(self.data.y_train) // self.cfg.batch_size)
+
+    def _images(self, idx: torch.Tensor) -> torch.Tensor:
+        x = as_float(self.data.x_train[idx.to(self.device)])
+        if self.cfg.data.augment:
+            x = augment_batch(x, self.data.crop_padding, self.data.flip, self.generator)
+        return x
+
+    def _random_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.data.y_train)
+        idx = torch.randint(n, (self.cfg.batch_size,), generator=self.generator)
+        return self._images(idx), self.data.y_train[idx.to(self.device)]
+
+    @torch.no_grad()
+    def embed_all(self, x: torch.Tensor) -> torch.Tensor:
+        with frozen(self.model):
+            return torch.cat([self.model.embed(as_float(x[i:i + EVAL_BATCH]))
+                              for i in range(0, len(x), EVAL_BATCH)])
+
+    # ------------------------------------------------------------ training
+    def warm_start(self, epochs: int) -> None:
+        """CE training of backbone + linear head (the ClusTR warm start)."""
+        opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.warm_start.lr)
+        steps = epochs * max(1, len(self.data.y_train) // self.cfg.batch_size)
+        self.model.train()
+        for step in range(steps):
+            x, y = self._random_batch()
+            loss = F.cross_entropy(self.model.linear_logits(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            self.progress("warm start", step + 1, steps)
+
+    def refresh_clusters(self) -> None:
+        """Per-class k-means on un-augmented training embeddings (eval mode); head and sampler
+        take the new centres and sigma^2."""
+        emb = self.embed_all(self.data.x_train)
+        c = self.cfg.clusters
+        self.clusters = fit_clusters(emb, self.data.y_train, self.data.num_classes, c.k,
+                                     c.kmeans_iters, self.generator)
+        self.head.set_clusters(self.clusters.centroids, self.clusters.sigma2)
+        if self.sampler is None:
+            self.sampler = ClusterSampler(self.clusters, c.m, c.d, self.generator)
+        else:
+            self.sampler.set_clusters(self.clusters)
+
+    def _clustering_batch(self) -> Batch:
+        idx, batch_clusters = self.sampler.sample()
+        c = self.cfg.clusters
+        batch_cluster = torch.arange(c.m, device=self.device).repeat_interleave(c.d)
+        cluster_class = self.clusters.centroid_class[batch_clusters.to(self.device)]
+        y = self.data.y_train[idx.to(self.device)]
+        b = Batch(self.model, self.head, self.cfg, self._images(idx), y, batch_cluster,
+                  cluster_class, self.generator)
+        b.batch_clusters = batch_clusters  # for the sampler's loss bookkeeping
+        return b
+
+    def _step(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss.item()} at epoch {self.epoch + 1}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def train_epoch(self) -> dict[str, Any]:
+        """One epoch: refresh clusters, train, evaluate; returns this epoch's metrics."""
+        start = time.perf_counter()
+        cfg = self.cfg
+        if cfg.is_clustering:
+            self.refresh_clusters()
+        objective = OBJECTIVES[cfg.objective.variant]
+        free = cfg.objective.variant == "magnet_adv" and cfg.objective.adv_mode == "free"
+        totals: dict[str, float] = {}
+        n_batches = self._batches_per_epoch()
+        self.model.train()
+        batch: Batch | None = None
+        for i in range(n_batches):
+            if free:
+                if i % cfg.objective.free_replays == 0:
+                    batch = self._clustering_batch()
+                if self._free_delta is None or self._free_delta.shape != batch.x.shape:
+                    self._free_delta = torch.zeros_like(batch.x)
+                self.optimizer.zero_grad(set_to_none=True)
+                (loss, terms, per), self._free_delta = free_magnet_adv_replay(
+                    batch, self._free_delta)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"loss became {loss.item()} at epoch {self.epoch + 1}")
+                self.optimizer.step()
+            else:
+                if cfg.is_clustering:
+                    batch = self._clustering_batch()
+                else:
+                    x, y = self._random_batch()
+                    batch = Batch(self.model, None, cfg, x, y, None, None, self.generator)
+                loss, terms, per = objective(batch)
+                self._step(loss)
+            if per is not None:
+                self.sampler.record(batch.batch_clusters, per)
+            for k, v in {"loss": loss.item(), **terms}.items():
+                totals[k] = totals.get(k, 0.0) + v
+            self.progress(f"epoch {self.epoch + 1}", i + 1, n_batches)
+        if self.scheduler:
+            self.scheduler.step()
+        self.epoch += 1
+        train_time = time.perf_counter() - start
+        metrics: dict[str, Any] = {"epoch": self.epoch}
+        metrics.update({f"train_{k}": v / n_batches for k, v in totals.items()})
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        if self.clusters is not None:
+            sizes = self.clusters.sizes
+            metrics.update(sigma2=float(self.clusters.sigma2), cluster_size_min=int(sizes.min()),
+                           cluster_size_max=int(sizes.max()), cluster_sizes=sizes.tolist())
+        metrics.update(self.evaluate())
+        metrics["train_time_s"] = train_time
+        metrics["epoch_time_s"] = time.perf_counter() - start
+        return metrics
+
+    # ----------------------------------------------------------- evaluation
+    def classifier(self, head: str | None = None) -> Classifier:
+        """The model as images -> logits, on the configured head or another cluster head."""
+        if not self.cfg.is_clustering:
+            return Classifier(self.model)
+        if head is None or head == self.head.kind:
+            return Classifier(self.model, self.head)
+        other = ClusterHead(head, self.data.num_classes, self.cfg.clusters.k,
+                            self.cfg.clusters.l, self.model.embedding_dim).to(self.device)
+        other.set_clusters(self.head.centroids, self.head.sigma2)
+        return Classifier(self.model, other)
+
+    def evaluate(self, split: str = "val") -> dict[str, float]:
+        """Clean accuracy on the split; PGD robust accuracy and margins on its first examples."""
+        x_all, y_all = (self.data.x_val, self.data.y_val) if split == "val" else (
+            self.data.x_test, self.data.y_test)
+        clf = self.classifier()
+        clf.eval()
+        with torch.no_grad():
+            pred = torch.cat([clf(as_float(x_all[i:i + EVAL_BATCH])).argmax(1)
+                              for i in range(0, len(x_all), EVAL_BATCH)])
+        out = {f"{split}_clean_acc": (pred == y_all).float().mean().item()}
+        n = min(self.cfg.eval.examples, len(y_all))
+        x, y = as_float(x_all[:n]), y_all[:n]
+        eps = self.cfg.eval_eps
+        step = self.cfg.eval.pgd_step_size or eps / 4
+        attackers = [clf] + ([self.classifier("logprob")]
+                             if self.cfg.is_clustering and self.head.kind != "logprob" else [])
+        # its own generator: evaluation settings must not change the training run
+        eval_rng = torch.Generator().manual_seed(self.cfg.seed + self.epoch)
+        robust = torch.ones(n, dtype=torch.bool, device=self.device)
+        pgd_correct = None
+        lipschitz: list[torch.Tensor] = []
+        for attacker in attackers:
+            attacker.eval()
+            for i in range(0, n, EVAL_BATCH):
+                xb, yb = x[i:i + EVAL_BATCH], y[i:i + EVAL_BATCH]
+                x_adv = pgd_linf(lambda xa, a=attacker, t=yb: F.cross_entropy(a(xa), t),
+                                 xb, eps, step, self.cfg.eval.pgd_steps, generator=eval_rng)
+                with torch.no_grad():
+                    ok = clf(x_adv).argmax(1) == yb
+                    robust[i:i + EVAL_BATCH] &= ok
+                    if attacker is clf:
+                        pgd_correct = ok if pgd_correct is None else torch.cat([pgd_correct, ok])
+                        if self.head is not None:
+                            df = (self.model.embed(x_adv) - self.model.embed(xb)).flatten(1)
+                            dx = (x_adv - xb).flatten(1).norm(dim=1).clamp(min=1e-12)
+                            lipschitz.append(df.norm(dim=1) / dx)
+        out[f"{split}_pgd_acc"] = pgd_correct.float().mean().item()
+        out[f"{split}_robust_acc"] = robust.float().mean().item()
+        if self.head is not None:
+            out.update(self._margins(x, torch.cat(lipschitz).median().item(), split))
+        return out
+
+    @torch.no_grad()
+    def _margins(self, x: torch.Tensor, lipschitz: float, split: str) -> dict[str, float]:
+        """Embedding-space margin and the perturbation bounds of design.md section 2 (medians)."""
+        emb = torch.cat([self.model.embed(x[i:i + EVAL_BATCH])
+                         for i in range(0, len(x), EVAL_BATCH)])
+        cent, cls = self.head.centroids, self.clusters.centroid_class
+        dist = torch.cdist(emb, cent)
+        nearest = dist.argmin(1)
+        other = dist.masked_fill(cls[None, :] == cls[nearest][:, None], float("inf"))
+        rival = other.argmin(1)
+        d_own = dist.gather(1, nearest[:, None]).squeeze(1)
+        d_rival = dist.gather(1, rival[:, None]).squeeze(1)
+        gap = (cent[rival] - cent[nearest]).norm(dim=1).clamp(min=1e-12)
+        margin = (d_rival**2 - d_own**2) / (2 * gap)
+        lf = max(lipschitz, 1e-12)
+        return {
+            f"{split}_margin": margin.median().item(),
+            f"{split}_lipschitz": lipschitz,
+            f"{split}_certified_radius": (margin / lf).median().item(),
+            f"{split}_delta_lower": ((d_rival - d_own) / (2 * lf)).median().item(),
+            f"{split}_delta_upper": ((d_rival + d_own) / (2 * lf)).median().item(),
+        }
+
+    # ------------------------------------------------------- state and files
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: weights, optimiser, clusters, sampler, RNG."""
+        state: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT,
+            "config": json.dumps(self.cfg.model_dump(mode="json")),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.scheduler:
+            state["scheduler"] = self.scheduler.state_dict()
+        if self.head is not None:
+            state["head"] = self.head.state_dict()
+            state["head_kind"] = self.head.kind
+        if self.clusters is not None:
+            state["clusters"] = {"centroids": self.clusters.centroids,
+                                 "centroid_class": self.clusters.centroid_class,
+                                 "assignment": self.clusters.assignment,
+                                 "sigma2": self.clusters.sigma2}
+            state["sampler"] = self.sampler.state_dict()
+        if self._free_delta is not None:
+            state["free_delta"] = self._free_delta
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = state["epoch"]
+        self.model.load_state_dict(state["model"])
+        # a copy: Optimizer.load_state_dict keeps the given tensors, and they may belong to a
+        # live trainer (an in-memory state) whose next steps would update them in place
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.scheduler and "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.head is not None and "head" in state:
+            self.head.load_state_dict(state["head"])
+        if "clusters" in state:
+            c = {k: v.to(self.device) for k, v in state["clusters"].items()}
+            self.clusters = Clusters(**c)
+            self.sampler = ClusterSampler(self.clusters, self.cfg.clusters.m,
+                                          self.cfg.clusters.d, self.generator)
+            self.sampler.load_state_dict(state["sampler"])
+        self._free_delta = state.get("free_delta")
+
+    def save(self, path: str | Path) -> Path:
+        """Write a checkpoint atomically (a temporary file, then a rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(self.state_dict(), buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a clustune checkpoint without executing pickled code (``weights_only=True``)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except Exception as err:  # torch raises many types for truncated or foreign files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is not a readable clustune checkpoint ({first[:120]})"
+                              ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a clustune checkpoint ({CHECKPOINT_FORMAT})")
+    return state
+
+
+def load_classifier(path: str | Path, head: str | None = None,
+                    device: str | torch.device = "cpu") -> tuple[Classifier, TrainConfig, dict]:
+    """Rebuild the trained classifier from a checkpoint, optionally on another cluster head.
+
+    Returns (classifier in eval mode, its config, the raw checkpoint dict).
+    """
+    state = load_checkpoint(path, device)
+    cfg = build_config(json.loads(state["config"]))
+    channels = 3 if cfg.data.dataset == "cifar10" else 1
+    mean = tuple(state["model"]["mean"].flatten().tolist())
+    std = tuple(state["model"]["std"].flatten().tolist())
+    model = build_backbone(cfg.model.arch, channels, cfg.num_classes, mean, std,
+                           cfg.model.width, cfg.model.embedding_dim).to(device)
+    model.load_state_dict(state["model"])
+    cluster_head = None
+    if cfg.is_clustering:
+        kind = head or state["head_kind"]
+        cluster_head = ClusterHead(kind, cfg.num_classes, cfg.clusters.k, cfg.clusters.l,
+                                   model.embedding_dim).to(device)
+        if kind == state["head_kind"]:
+            cluster_head.load_state_dict(state["head"])
+        else:
+            cluster_head.set_clusters(state["head"]["centroids"], state["head"]["sigma2"])
+    elif head not in (None, "linear"):
+        raise CheckpointError(f"{path} has no cluster head (variant {cfg.objective.variant})")
+    clf = Classifier(model, cluster_head).eval()
+    return clf, cfg, state
