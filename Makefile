@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: search test lint bench data
+.PHONY: search test lint bench data browser
 
 search: $(STAMP) $(FASHION_MNIST)
 	$(BIN)/clustune search --preset quick $(ARGS)
 
-test: $(STAMP) $(FASHION_MNIST)
+test: $(STAMP) $(FASHION_MNIST) browser
 	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: $(STAMP)
@@ -23,6 +23,11 @@ data: $(FASHION_MNIST)
 
 $(FASHION_MNIST):
 	apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
+
+# headless Chromium: the test that the HTML report's figures are really drawn
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)

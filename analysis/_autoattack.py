@@ -80,7 +80,6 @@ from trainable import (
     load_data,
     pgd_linf,
 )
-from trainable._config import DEFAULT_EPS
 
 __all__ = ["RobustnessResult", "SCHEMA_VERSION", "evaluate_checkpoint", "evaluate_robustness",
            "load_result", "save_result"]
@@ -661,7 +660,7 @@ def evaluate_checkpoint(path: str | Path, *, head: str | None = None, examples: 
     """Evaluate a clustune checkpoint on the first ``examples`` images of its dataset's split.
 
     ``split`` is "test" (final reports) or "val" (the held-out part of the training set that
-    search decisions use); ``eps`` defaults to the dataset's threat model; ``head`` re-heads a
+    search decisions use); ``eps`` defaults to the threat model the model was trained and validated for; ``head`` re-heads a
     clustering model. Further ``options`` (attacks, batch_size, seed, n_iter, ...) go to
     :func:`evaluate_robustness`.
     """
@@ -676,7 +675,7 @@ def evaluate_checkpoint(path: str | Path, *, head: str | None = None, examples: 
     x_all, y_all = (data.x_test, data.y_test) if split == "test" else (data.x_val, data.y_val)
     x = x_all[:examples].float() / 255.0
     return evaluate_robustness(
-        clf, x, y_all[:examples], eps=DEFAULT_EPS[d.dataset] if eps is None else eps,
+        clf, x, y_all[:examples], eps=cfg.eval_eps if eps is None else eps,
         version=version, device=device, state_path=state_path, progress=progress,
         dataset=d.dataset, head=head or state.get("head_kind", "linear"),
         checkpoint=str(path), config=cfg.model_dump(mode="json"), **options)

@@ -94,12 +94,12 @@ def _pareto(experiment: Experiment) -> str:
     fig = go.Figure()
     for on_front, name, colour in ((False, "trial", "#9aa9c2"), (True, "Pareto front", "#d62728")):
         pick = [i for i, f in enumerate(front) if f == on_front]
-        if on_front:  # draw the front as a staircase line from high robust to high clean
+        if on_front:  # the front as the staircase bounding what it dominates
             pick.sort(key=lambda i: points[i][0])
         fig.add_trace(go.Scatter(
             x=[points[i][0] for i in pick], y=[points[i][1] for i in pick], name=name,
             mode="lines+markers" if on_front else "markers",
-            line={"shape": "hv", "color": colour}, marker={"size": 11 if on_front else 8,
+            line={"shape": "vh", "color": colour}, marker={"size": 11 if on_front else 8,
                                                            "color": colour},
             text=[f"{trials[i].trial_id}<br>{_params(trials[i])}" for i in pick],
             hovertemplate="%{text}<br>clean %{x:.3f}<br>robust %{y:.3f}<extra></extra>"))
@@ -129,6 +129,10 @@ def _importances(experiment: Experiment) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna warns about small samples; the note says so
         fig = optuna.visualization.plot_param_importances(study)
+    if len(study.directions) > 1:  # one bar series per objective, in the study's order
+        objectives = experiment.meta["config"]["search"]["objectives"]
+        for trace, name in zip(fig.data, objectives, strict=False):
+            trace.name = name
     fig.update_layout(height=380)
     return _figure(fig) + _note(
         f"Optuna's importance evaluator over {len(complete)} completed trials of the study "

@@ -12,7 +12,8 @@ from rich.table import Table
 from analysis import Experiment, ExperimentError, load_experiment
 
 from ._console import UsageError, console
-from ._spaces import SearchConfig, load_search_config
+from ._final import final_table, run_final_stage
+from ._spaces import SearchConfig, SearchSettings, load_search_config
 from ._tuner import build_tuner, read_meta, restore_tuner, start_ray
 
 __all__ = ["add_search_commands", "run_search", "resume_search", "trial_table"]
@@ -65,8 +66,12 @@ def _fit(tuner, experiment_dir: Path) -> Experiment:
     if unfinished or len(experiment.trials) < wanted:
         console.print(f"search stopped early after {wall:.0f} s: "
                       f"continue it with `clustune resume {experiment_dir}`")
-    else:
-        console.print(f"search finished: {len(experiment.trials)} trials in {wall:.0f} s")
+        return experiment
+    console.print(f"search finished: {len(experiment.trials)} trials in {wall:.0f} s")
+    s = SearchSettings.model_validate(experiment.meta["config"]["search"])
+    if s.final_top_k:
+        experiment = run_final_stage(experiment_dir, s.final_top_k, s.final_examples,
+                                     gpus_per_task=min(1.0, s.gpus_per_trial))
     return experiment
 
 
@@ -123,12 +128,27 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    experiment_dir = Path(args.dir).resolve()
+    read_meta(experiment_dir)
+    if args.top_k < 1 or args.examples < 1:
+        raise UsageError("--top-k and --examples must be at least 1")
+    start_ray(args.address)
+    start = time.perf_counter()
+    run_final_stage(experiment_dir, args.top_k, args.examples, args.trial or None,
+                    args.head or None, args.version, args.gpus_per_task)
+    console.print(f"final stage: {time.perf_counter() - start:.0f} s")
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     try:
         experiment = load_experiment(args.dir)
     except ExperimentError as err:
         raise UsageError(str(err)) from None
     console.print(trial_table(experiment))
+    if experiment.final_results():
+        console.print(final_table(experiment))
     return 0
 
 
@@ -158,6 +178,23 @@ def add_search_commands(sub, add_config_args) -> None:
     p.add_argument("dir", help="the experiment folder")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or embedded)")
     p.set_defaults(func=_cmd_resume)
+
+    p = sub.add_parser("evaluate", help="re-evaluate the best trials with full AutoAttack",
+                       description="The final stage on demand: the best trials' best "
+                       "checkpoints on the test set under AutoAttack, with the gradient-masking "
+                       "audit. Finished evaluations are kept; interrupted ones resume.")
+    p.add_argument("dir", help="the experiment folder")
+    p.add_argument("--top-k", type=int, default=2, help="best trials to evaluate (default 2)")
+    p.add_argument("--trial", action="append", metavar="ID", help="evaluate this trial "
+                   "(repeatable; overrides --top-k)")
+    p.add_argument("--examples", type=int, default=500, help="test images (default 500)")
+    p.add_argument("--head", action="append", choices=["raw", "logprob", "learned"],
+                   help="judge clustering trials on this head (repeatable; default: their own)")
+    p.add_argument("--version", choices=["standard", "plus"], default="standard",
+                   help="AutoAttack version (default standard)")
+    p.add_argument("--gpus-per-task", type=float, default=0, help="GPUs per evaluation")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or embedded)")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("status", help="print the trial table of a running or finished search")
     p.add_argument("dir", help="the experiment folder")

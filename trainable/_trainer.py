@@ -179,8 +179,8 @@ class Trainer:
         """One epoch: refresh clusters, train, evaluate; returns this epoch's metrics."""
         start = time.perf_counter()
         cfg = self.cfg
-        if cfg.is_clustering:
-            self.refresh_clusters()
+        if cfg.is_clustering and self.clusters is None:
+            self.refresh_clusters()  # once before training
         objective = OBJECTIVES[cfg.objective.variant]
         free = cfg.objective.variant == "magnet_adv" and cfg.objective.adv_mode == "free"
         totals: dict[str, float] = {}
@@ -214,6 +214,8 @@ class Trainer:
             self.progress(f"epoch {self.epoch + 1}", i + 1, n_batches)
         if self.scheduler:
             self.scheduler.step()
+        if cfg.is_clustering:
+            self.refresh_clusters()  # once per epoch: evaluation and checkpoint see fresh centres
         self.epoch += 1
         train_time = time.perf_counter() - start
         metrics: dict[str, Any] = {"epoch": self.epoch}

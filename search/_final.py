@@ -1,0 +1,139 @@
+"""The final stage: the best trials' best checkpoints re-evaluated with full AutoAttack.
+
+Each (trial, head) evaluation is a Ray task (on a GPU when the cluster has one) that writes
+EXPERIMENT/final/<trial_id>-<head>.json in the fixed schema of :mod:`analysis`. Finished
+evaluations are kept, and an interrupted one resumes from its state file.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import ray
+from rich.table import Table
+
+from analysis import Experiment, TrialRecord, load_experiment, load_result
+from trainable import TrainConfig
+
+from ._console import UsageError, console
+
+__all__ = ["select_trials", "run_final_stage", "final_table", "FINAL_DIR"]
+
+FINAL_DIR = "final"
+
+
+def _pareto(trials: list[TrialRecord], metric: str, mode: str) -> list[TrialRecord]:
+    """Trials whose best checkpoint is not dominated in (clean, robust) accuracy."""
+    points = [(t, t.best(metric, mode)) for t in trials]
+    front = []
+    for t, p in points:
+        c, r = p["val_clean_acc"], p["val_robust_acc"]
+        dominated = any(q["val_clean_acc"] >= c and q["val_robust_acc"] >= r and
+                        (q["val_clean_acc"] > c or q["val_robust_acc"] > r) for _, q in points)
+        if not dominated:
+            front.append(t)
+    return front
+
+
+def select_trials(experiment: Experiment, top_k: int,
+                  trial_ids: list[str] | None = None) -> list[TrialRecord]:
+    """The trials to evaluate: named ones, else the Pareto front (multi-objective searches) or
+    the top_k by the search metric."""
+    ranked = experiment.ranked()
+    if trial_ids:
+        by_id = {t.trial_id: t for t in experiment.trials}
+        missing = [i for i in trial_ids if i not in by_id]
+        if missing:
+            raise UsageError(f"no trial {', '.join(missing)} in {experiment.path}")
+        return [by_id[i] for i in trial_ids]
+    if experiment.meta["config"]["search"]["sampler"] in ("nsga2", "motpe"):
+        return _pareto(ranked, experiment.metric, experiment.mode)
+    return ranked[:top_k]
+
+
+def _heads_for(cfg: TrainConfig, heads: list[str] | None) -> list[str]:
+    """The heads to judge a trial on: the requested ones, else its own (linear: baselines)."""
+    if not cfg.is_clustering:
+        return ["linear"]
+    return heads or [cfg.clusters.head]
+
+
+@ray.remote
+def _evaluate(checkpoint: str, head: str, examples: int, version: str, result_path: str,
+              state_path: str) -> str:
+    """One AutoAttack evaluation inside a Ray worker; progress lines reach the driver."""
+    import torch
+
+    from analysis import evaluate_checkpoint, save_result
+
+    device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+    last = [0.0]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if time.monotonic() - last[0] > 30 or done == total:
+            last[0] = time.monotonic()
+            print(f"{Path(result_path).stem}: {stage} {done}/{total}", flush=True)
+
+    result = evaluate_checkpoint(checkpoint, head=None if head == "linear" else head,
+                                 examples=examples, version=version, device=device,
+                                 state_path=state_path, progress=progress)
+    save_result(result, result_path)
+    Path(state_path).unlink(missing_ok=True)
+    return result_path
+
+
+def run_final_stage(experiment_dir: Path, top_k: int, examples: int,
+                    trial_ids: list[str] | None = None, heads: list[str] | None = None,
+                    version: str = "standard", gpus_per_task: float = 0) -> Experiment:
+    """Evaluate the selected trials (skipping finished evaluations) and print the table."""
+    experiment = load_experiment(experiment_dir)
+    chosen = select_trials(experiment, top_k, trial_ids)
+    if not chosen:
+        raise UsageError(f"no trial of {experiment_dir} has finished an epoch yet")
+    out = Path(experiment_dir) / FINAL_DIR
+    out.mkdir(exist_ok=True)
+    pending = []
+    for trial in chosen:
+        ckpt = trial.best_checkpoint(experiment.metric, experiment.mode)
+        if ckpt is None:
+            console.print(f"trial {trial.trial_id}: no checkpoint kept, skipped")
+            continue
+        for head in _heads_for(experiment.trial_config(trial), heads):
+            result = out / f"{trial.trial_id}-{head}.json"
+            if result.is_file():
+                continue
+            state = out / f"{trial.trial_id}-{head}.state"
+            pending.append(_evaluate.options(num_cpus=1, num_gpus=gpus_per_task).remote(
+                str(ckpt), head, examples, version, str(result), str(state)))
+    if pending:
+        console.print(f"final stage: AutoAttack ({version}) on {examples} test images for "
+                      f"{len(pending)} evaluation(s) -> {out}")
+    done = 0
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        done += 1
+        console.print(f"final stage: {Path(ray.get(ready[0])).name} done ({done}/"
+                      f"{done + len(pending)})")
+    experiment = load_experiment(experiment_dir)
+    console.print(final_table(experiment))
+    return experiment
+
+
+def final_table(experiment: Experiment) -> Table:
+    """Clean, per-attack and AutoAttack accuracy of every final evaluation."""
+    table = Table(title=f"{experiment.path.name}: AutoAttack final stage (test set)")
+    for col in ("trial", "head", "n", "clean", "apgd-ce", "apgd-t", "fab-t", "square",
+                "AutoAttack", "CE-only", "adaptive", "flags"):
+        table.add_column(col)
+    for path in sorted((experiment.path / FINAL_DIR).glob("*.json")):
+        r = load_result(path)
+        trial_id = path.stem.rsplit("-", 1)[0]
+        per = r.per_attack_acc
+        table.add_row(trial_id, r.head or "-", str(r.n_examples), f"{r.clean_acc:.4f}",
+                      *(f"{per[a]:.4f}" if a in per else "-"
+                        for a in ("apgd-ce", "apgd-t", "fab-t", "square")),
+                      f"{r.autoattack_acc:.4f}", f"{r.ce_only_acc:.4f}",
+                      "-" if r.adaptive_acc is None else f"{r.adaptive_acc:.4f}",
+                      ", ".join(r.masking_flags) or "none")
+    return table
