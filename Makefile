@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: search test lint bench data browser
+.PHONY: search test lint data browser
 
 search: $(STAMP) $(FASHION_MNIST)
 	$(BIN)/clustune search --preset quick $(ARGS)
@@ -15,9 +15,6 @@ test: $(STAMP) $(FASHION_MNIST) browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-
-bench: $(STAMP) $(FASHION_MNIST)
-	$(BIN)/python bench/run.py $(ARGS)
 
 data: $(FASHION_MNIST)
 

@@ -13,11 +13,13 @@ from ._autoattack import (
     save_result,
 )
 from ._export import EPOCHS_SCHEMA, TRIALS_SCHEMA, best_configs, export_experiment
-from ._report import write_report
-from ._results import Experiment, ExperimentError, TrialRecord, load_experiment, resolve_config
+from ._report import pareto_front, write_report
+from ._results import Experiment, ExperimentError, TrialRecord, load_experiment
 
-__all__ = ["SCHEMA_VERSION", "Experiment", "ExperimentError", "RobustnessResult", "TrialRecord",
-           "evaluate_checkpoint", "evaluate_robustness", "load_experiment", "load_result",
-           "save_result"]
-__all__ += ["EPOCHS_SCHEMA", "TRIALS_SCHEMA", "best_configs", "export_experiment",
-            "resolve_config", "write_report"]
+__all__ = [
+    "EPOCHS_SCHEMA", "SCHEMA_VERSION", "TRIALS_SCHEMA", "Experiment", "ExperimentError",
+    "RobustnessResult", "TrialRecord", "best_configs", "evaluate_checkpoint",
+    "evaluate_robustness", "export_experiment", "load_experiment", "load_result", "pareto_front",
+    "save_result",
+    "write_report",
+]

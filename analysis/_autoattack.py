@@ -660,8 +660,9 @@ def evaluate_checkpoint(path: str | Path, *, head: str | None = None, examples: 
     """Evaluate a clustune checkpoint on the first ``examples`` images of its dataset's split.
 
     ``split`` is "test" (final reports) or "val" (the held-out part of the training set that
-    search decisions use); ``eps`` defaults to the threat model the model was trained and validated for; ``head`` re-heads a
-    clustering model. Further ``options`` (attacks, batch_size, seed, n_iter, ...) go to
+    search decisions use); ``eps`` defaults to the threat model the model was validated for
+    (``eval.eps``, else ``attack.eps``, else the dataset's); ``head`` re-heads a clustering model.
+    Further ``options`` (attacks, batch_size, seed, n_iter, ...) go to
     :func:`evaluate_robustness`.
     """
     if split not in ("test", "val"):

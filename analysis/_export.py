@@ -162,8 +162,7 @@ def _header(experiment: Experiment, trial: TrialRecord, rank: int, top: int,
     params = ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "-"
     scores = "  ".join(f"{m}={best[m]:.4g}" for m in TRIAL_METRICS if _number(best.get(m)))
     lines = [f"{BEST_HEADER} {rank} of {top} by best {experiment.metric} ({experiment.mode})",
-             f"# experiment: {experiment.name} "
-             f"({experiment.path.resolve()})",
+             f"# experiment: {experiment.name} ({experiment.path.resolve()})",
              f"# trial: {trial.trial_id} ({trial.status}, {trial.epochs} epochs)  params: {params}",
              f"# best epoch {best.get('training_iteration')}: {scores}"]
     for r in finals:
@@ -185,8 +184,7 @@ def best_configs(path: str | Path, top: int = 3, out: str | Path | None = None) 
     experiment = load_experiment(path)
     out = Path(out) if out is not None else experiment.path / "best"
     chosen = [t for t in experiment.ranked() if not t.diverged][:top]
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.yaml"):
+    for old in out.glob("*.yaml"):  # nothing when out does not exist yet
         if re.fullmatch(r"\d+-\w+\.yaml", old.name) and \
                 old.read_text().startswith(BEST_HEADER):
             old.unlink()

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainable import TrainConfig, apply_overrides, build_config
+from trainable import TrainConfig, resolve_trial_config
 
-__all__ = ["TrialRecord", "Experiment", "load_experiment", "ExperimentError", "resolve_config"]
+__all__ = ["TrialRecord", "Experiment", "load_experiment", "ExperimentError"]
 
 METRICS = ("val_clean_acc", "val_pgd_acc", "val_robust_acc")
 
@@ -74,27 +74,6 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def resolve_config(base: dict[str, Any], points: dict[str, dict[str, Any]],
-                   params: dict[str, Any]) -> TrainConfig:
-    """A trial's TrainConfig: base, then its fixed point (if any), then its dotted knobs.
-
-    Built from the experiment's recorded base, not from a checkpoint, so the CE warm start stays
-    ``ce_epochs`` instead of the experiment's shared warm-start file: the config is portable.
-    (search/_spaces.py's resolve_trial_config does the same for the trials themselves.)
-    """
-    params = dict(params)
-    point = params.pop("point", None)
-    merged = apply_overrides(base, points[point]) if point is not None else base
-    knobs: dict[str, Any] = {}
-    for key, value in params.items():
-        node = knobs
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return build_config(apply_overrides(merged, knobs))
-
-
 @dataclass
 class Experiment:
     path: Path
@@ -121,7 +100,7 @@ class Experiment:
         return f"sqlite:///{db.resolve()}" if db.is_file() else None
 
     def trial_config(self, trial: TrialRecord) -> TrainConfig:
-        return resolve_config(self.meta["base"], self.meta["config"].get("points", {}),
+        return resolve_trial_config(self.meta["base"], self.meta["config"].get("points", {}),
                               trial.params)
 
     def final_results(self) -> list[dict[str, Any]]:

@@ -7,13 +7,12 @@ from ._spaces import (
     SearchSettings,
     list_search_presets,
     load_search_config,
-    resolve_trial_config,
 )
 from ._trainable import ClusteringTrainable, shared_warm_start
 from ._tuner import build_tuner, restore_tuner, start_ray
 
 __all__ = [
     "ClusteringTrainable", "ParamSpec", "SearchConfig", "SearchSettings", "build_tuner",
-    "list_search_presets", "load_search_config", "resolve_trial_config", "restore_tuner",
+    "list_search_presets", "load_search_config", "restore_tuner",
     "resume_search", "run_search", "shared_warm_start", "start_ray", "trial_table",
 ]

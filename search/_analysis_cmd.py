@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 
 def _run(what: Callable[[], T]) -> T:
-    """Turn a missing experiment or an unwritable --out into a one-line usage error."""
+    """Turn a missing experiment or an unwritable output into a one-line usage error."""
     try:
         return what()
     except ExperimentError as err:
@@ -37,10 +37,10 @@ def _cmd_best(args: argparse.Namespace) -> int:
     written = _run(lambda: best_configs(args.dir, top=args.top, out=args.out))
     if not written:
         console.print("no trial has finished an epoch yet: nothing to export", markup=False)
+        return 0
     for path in written:
         print(path)
-    if written:
-        console.print(f"run one with: clustune train --config {written[0]}", markup=False)
+    console.print(f"run one with: clustune train --config {written[0]}", markup=False)
     return 0
 
 
@@ -54,7 +54,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
-    experiment = _run(lambda: load_experiment(args.dir))
+    try:
+        experiment = load_experiment(args.dir)
+    except ExperimentError as err:
+        raise UsageError(str(err)) from None
     storage = experiment.study_storage
     if storage is None:
         raise UsageError(f"{experiment.path} has no optuna.db yet; start the search first")
@@ -63,6 +66,9 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
                   f"TensorBoard:       tensorboard --logdir {experiment.path}\n"
                   "Ray dashboard:     while a search runs, after pip install "
                   "'clustune[dashboard]'", markup=False)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"warning: optuna-dashboard has no authentication: anyone who reaches "
+                      f"{args.host}:{args.port} can read and change the study", markup=False)
     try:
         optuna_dashboard.run_server(storage, host=args.host, port=args.port)
     except OSError as err:

@@ -13,7 +13,7 @@ from pathlib import Path
 import ray
 from rich.table import Table
 
-from analysis import Experiment, TrialRecord, load_experiment, load_result
+from analysis import Experiment, TrialRecord, load_experiment, pareto_front
 from trainable import TrainConfig
 
 from ._console import UsageError, console
@@ -21,19 +21,6 @@ from ._console import UsageError, console
 __all__ = ["select_trials", "run_final_stage", "final_table", "FINAL_DIR"]
 
 FINAL_DIR = "final"
-
-
-def _pareto(trials: list[TrialRecord], metric: str, mode: str) -> list[TrialRecord]:
-    """Trials whose best checkpoint is not dominated in (clean, robust) accuracy."""
-    points = [(t, t.best(metric, mode)) for t in trials]
-    front = []
-    for t, p in points:
-        c, r = p["val_clean_acc"], p["val_robust_acc"]
-        dominated = any(q["val_clean_acc"] >= c and q["val_robust_acc"] >= r and
-                        (q["val_clean_acc"] > c or q["val_robust_acc"] > r) for _, q in points)
-        if not dominated:
-            front.append(t)
-    return front
 
 
 def select_trials(experiment: Experiment, top_k: int,
@@ -48,7 +35,9 @@ def select_trials(experiment: Experiment, top_k: int,
             raise UsageError(f"no trial {', '.join(missing)} in {experiment.path}")
         return [by_id[i] for i in trial_ids]
     if experiment.meta["config"]["search"]["sampler"] in ("nsga2", "motpe"):
-        return _pareto(ranked, experiment.metric, experiment.mode)
+        best = [t.best(experiment.metric, experiment.mode) for t in ranked]
+        front = pareto_front([(b["val_clean_acc"], b["val_robust_acc"]) for b in best])
+        return [t for t, on_front in zip(ranked, front, strict=True) if on_front]
     return ranked[:top_k]
 
 
@@ -126,14 +115,12 @@ def final_table(experiment: Experiment) -> Table:
     for col in ("trial", "head", "n", "clean", "apgd-ce", "apgd-t", "fab-t", "square",
                 "AutoAttack", "CE-only", "adaptive", "flags"):
         table.add_column(col)
-    for path in sorted((experiment.path / FINAL_DIR).glob("*.json")):
-        r = load_result(path)
-        trial_id = path.stem.rsplit("-", 1)[0]
-        per = r.per_attack_acc
-        table.add_row(trial_id, r.head or "-", str(r.n_examples), f"{r.clean_acc:.4f}",
+    for r in experiment.final_results():
+        per = r["per_attack_acc"]
+        table.add_row(r["trial_id"], r["head"], str(r["n_examples"]), f"{r['clean_acc']:.4f}",
                       *(f"{per[a]:.4f}" if a in per else "-"
                         for a in ("apgd-ce", "apgd-t", "fab-t", "square")),
-                      f"{r.autoattack_acc:.4f}", f"{r.ce_only_acc:.4f}",
-                      "-" if r.adaptive_acc is None else f"{r.adaptive_acc:.4f}",
-                      ", ".join(r.masking_flags) or "none")
+                      f"{r['autoattack_acc']:.4f}", f"{r['ce_only_acc']:.4f}",
+                      "-" if r["adaptive_acc"] is None else f"{r['adaptive_acc']:.4f}",
+                      ", ".join(r["masking_flags"]) or "none")
     return table

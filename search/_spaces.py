@@ -10,11 +10,17 @@ from typing import Any, Literal
 import optuna
 from pydantic import Field, ValidationError, model_validator
 
-from trainable import ConfigError, TrainConfig, apply_overrides, build_config, parse_overrides
+from trainable import (
+    ConfigError,
+    apply_overrides,
+    build_config,
+    parse_overrides,
+    resolve_trial_config,
+)
 from trainable._config import NUM_CLASSES, _Section, load_preset, read_yaml, validation_message
 
 __all__ = ["ParamSpec", "SearchSettings", "SearchConfig", "load_search_config",
-           "list_search_presets", "resolve_trial_config", "suggest", "nest_params"]
+           "list_search_presets", "suggest"]
 
 
 class ParamSpec(_Section):
@@ -82,26 +88,6 @@ class SearchConfig(_Section):
     def base_dict(self) -> dict[str, Any]:
         base = load_preset(self.base) if self.base else {}
         return apply_overrides(base, self.train)
-
-
-def nest_params(params: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
-
-
-def resolve_trial_config(base: dict[str, Any], points: dict[str, dict[str, Any]],
-                         params: dict[str, Any]) -> TrainConfig:
-    """A trial's TrainConfig: base, then its fixed point (if any), then its sampled knobs."""
-    params = dict(params)
-    point = params.pop("point", None)
-    merged = apply_overrides(base, points[point]) if point is not None else base
-    return build_config(apply_overrides(merged, nest_params(params)))
 
 
 def suggest(trial: optuna.Trial, cfg: SearchConfig, base: dict[str, Any]) -> dict[str, Any]:

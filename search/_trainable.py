@@ -19,9 +19,14 @@ import ray
 import torch
 from ray import tune
 
-from trainable import TrainConfig, Trainer, TrainingDiverged, build_config, load_checkpoint
-
-from ._spaces import resolve_trial_config
+from trainable import (
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    build_config,
+    load_checkpoint,
+    resolve_trial_config,
+)
 
 __all__ = ["ClusteringTrainable", "InjectedFault", "shared_warm_start"]
 

@@ -16,6 +16,7 @@ from ._config import (
     load_config,
     parse_overrides,
     read_yaml,
+    resolve_trial_config,
 )
 from ._data import DATASETS, DataError, ImageData, augment_batch, load_data
 from ._files import atomic_write_bytes, atomic_write_text
@@ -41,5 +42,6 @@ __all__ = [
     "build_backbone", "build_config", "consistency",
     "fit_clusters", "frozen", "kmeans", "list_presets", "load_checkpoint", "load_classifier",
     "load_config", "load_data", "magnet_loss", "parse_overrides", "pgd_linf", "read_yaml",
+    "resolve_trial_config",
     "resolve_device",
 ]

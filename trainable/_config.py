@@ -15,7 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = ["ConfigError", "TrainConfig", "apply_overrides", "build_config", "list_presets",
-           "load_config", "load_preset", "parse_overrides", "read_yaml", "validation_message",
+           "load_config", "load_preset", "parse_overrides", "read_yaml", "resolve_trial_config",
+           "validation_message",
            "DEFAULT_EPS"]
 
 NUM_CLASSES = {"fashion-mnist": 10, "digits": 10, "cifar10": 10}
@@ -232,6 +233,23 @@ def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         else:
             merged[key] = value
     return merged
+
+
+def resolve_trial_config(base: dict[str, Any], points: dict[str, dict[str, Any]],
+                         params: dict[str, Any]) -> TrainConfig:
+    """A search trial's config: base, then its fixed point (params["point"], if any), then its
+    sampled knobs (dotted names such as "clusters.k")."""
+    params = dict(params)
+    point = params.pop("point", None)
+    merged = apply_overrides(base, points[point]) if point is not None else base
+    knobs: dict[str, Any] = {}
+    for key, value in params.items():
+        node = knobs
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return build_config(apply_overrides(merged, knobs))
 
 
 def build_config(data: dict[str, Any]) -> TrainConfig:

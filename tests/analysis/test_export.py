@@ -18,9 +18,9 @@ from analysis import (
     export_experiment,
     load_experiment,
 )
-from search import load_search_config, resolve_trial_config
+from search import load_search_config
 from search.cli import main
-from trainable import Trainer, load_config
+from trainable import Trainer, load_config, resolve_trial_config
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "exports.md"
 PARAMS = ["param.clusters.k", "param.clusters.l", "param.objective.lam"]

@@ -1,0 +1,92 @@
+"""Bad search input is refused with one line and exit code 2, before Ray starts."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from search import cli
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("Ray was started for a bad config")
+
+    monkeypatch.setattr("search._search_cmd.start_ray", refuse)
+
+
+def _run(capsys, *argv: str) -> tuple[int, str]:
+    code = cli.main(list(argv))
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.mark.parametrize("data, needle", [
+    ({"space": {"clusters.k": {"type": "int", "low": 3, "high": 1}}}, "low <= high"),
+    ({"space": {"clusters.kk": {"type": "int", "low": 1, "high": 2}}}, "clusters.kk"),
+    ({"space": {"clusters.head": {"type": "categorical", "choices": []}}}, "choices"),
+    ({"space": {"clusters.head": {"type": "categorical", "choices": ["learned"]}}}, "lam_ce"),
+    ({"space": {"objective.lam": {"type": "float", "low": 0, "high": 1, "log": True}}}, "log"),
+    ({"space": {"clusters.k": {"type": "int", "low": 1, "high": 2}},
+      "search": {"sampler": "annealing"}}, "search.sampler"),
+    ({"space": {"clusters.k": {"type": "int", "low": 1, "high": 2}},
+      "search": {"metric": "val_nonsense"}}, "val_nonsense"),
+    ({"space": {"clusters.k": {"type": "int", "low": 1, "high": 2}},
+      "search": {"num_samples": 0}}, "num_samples"),
+    ({"search": {"num_samples": 2}}, "space or points"),
+    ({"points": {"a": {"clusters": {"l": 99}}}}, "points.a"),
+])
+def test_bad_search_configs_are_rejected_before_ray(tmp_path, capsys, no_ray, data, needle):
+    data.setdefault("train", {"data": {"dataset": "digits"}, "clusters": {"m": 10, "l": 10}})
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(data))
+    code, err = _run(capsys, "search", "--config", str(f), "--storage", str(tmp_path))
+    assert code == 2
+    assert needle in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_space_that_breaks_a_constraint_is_named(tmp_path, capsys, no_ray):
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump({"train": {"data": {"dataset": "digits"}},
+                                 "space": {"clusters.k": {"type": "int", "low": 1, "high": 2}}}))
+    code, err = _run(capsys, "search", "--config", str(f))
+    assert code == 2 and "clusters.m=12 exceeds C*K=10" in err
+
+
+def test_unknown_preset_and_malformed_yaml(tmp_path, capsys, no_ray):
+    code, err = _run(capsys, "search", "--preset", "nope")
+    assert code == 2 and "unknown search preset" in err
+    f = tmp_path / "broken.yaml"
+    f.write_text("space: [unclosed\n")
+    code, err = _run(capsys, "search", "--config", str(f))
+    assert code == 2 and "malformed YAML" in err
+
+
+def test_existing_experiment_folder_is_never_overwritten(tmp_path, capsys, no_ray):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "clustune.json").write_text("{}")
+    code, err = _run(capsys, "search", "--storage", str(tmp_path), "--name", "taken")
+    assert code == 2 and "clustune resume" in err
+    assert (tmp_path / "taken" / "clustune.json").read_text() == "{}"
+
+
+def test_unreachable_cluster_address(tmp_path, capsys):
+    code, err = _run(capsys, "search", "--address", "127.0.0.1:9", "--storage", str(tmp_path))
+    assert code == 2 and "cannot reach a Ray cluster" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_resume_and_status_need_an_experiment(tmp_path, capsys):
+    for command in ("resume", "status", "evaluate"):
+        code, err = _run(capsys, command, str(tmp_path))
+        assert code == 2 and "not a clustune experiment" in err
+
+
+def test_every_command_has_help(capsys):
+    for command in ("train", "search", "resume", "status", "evaluate", "presets"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: clustune" in capsys.readouterr().out

@@ -1,0 +1,36 @@
+"""The final stage on a real (tiny) search: Ray tasks write schema'd AutoAttack results."""
+
+from __future__ import annotations
+
+import pytest
+
+from analysis import load_result
+from search import SearchConfig, run_search
+from search._final import run_final_stage, select_trials
+
+
+@pytest.fixture(scope="module")
+def experiment(ray_session, tmp_path_factory, digits_search):
+    cfg = SearchConfig.model_validate(digits_search(num_samples=3, scheduler="fifo"))
+    return run_search(cfg, tmp_path_factory.mktemp("final") / "exp")
+
+
+def test_final_stage_evaluates_the_best_trials_with_autoattack(experiment):
+    ranked = experiment.ranked()
+    assert select_trials(experiment, 2) == ranked[:2]
+    after = run_final_stage(experiment.path, top_k=1, examples=8, heads=["logprob", "raw"])
+    files = sorted((experiment.path / "final").glob("*.json"))
+    assert [f.name for f in files] == [f"{ranked[0].trial_id}-logprob.json",
+                                       f"{ranked[0].trial_id}-raw.json"]
+    for f in files:
+        r = load_result(f)
+        assert r.n_examples == 8
+        assert r.attacks == ["apgd-ce", "apgd-t", "fab-t", "square"]
+        assert r.within_threat_model
+        assert r.autoattack_acc <= r.clean_acc
+        assert r.eps == pytest.approx(0.1)
+    assert {r["head"] for r in after.final_results()} == {"logprob", "raw"}
+    # a second run keeps finished evaluations instead of repeating them
+    stamp = files[0].stat().st_mtime_ns
+    run_final_stage(experiment.path, top_k=1, examples=8, heads=["logprob"])
+    assert files[0].stat().st_mtime_ns == stamp

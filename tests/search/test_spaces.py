@@ -1,0 +1,71 @@
+"""Search presets and the define-by-run space."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import yaml
+
+from search import list_search_presets, load_search_config
+from search._spaces import suggest
+from trainable import resolve_trial_config
+
+
+def test_the_four_presets_exist_and_validate():
+    assert {"quick", "cpu-ablation", "paper-ablation", "paper-table"} <= set(list_search_presets())
+    for name in list_search_presets():
+        load_search_config(name)
+
+
+def test_quick_is_the_default():
+    assert load_search_config() == load_search_config("quick")
+
+
+@pytest.mark.parametrize("preset", ["quick", "cpu-ablation"])
+def test_define_by_run_keeps_l_and_m_within_the_clusters(preset):
+    cfg = load_search_config(preset)
+    base = cfg.base_dict()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(200):
+        trial = study.ask()
+        params = suggest(trial, cfg, base)
+        k = params["clusters.k"]
+        assert params["clusters.l"] <= 10 * k
+        assert params["clusters.m"] - 1 <= 9 * k
+        resolve_trial_config(base, {}, params)  # every draw is a valid TrainConfig
+        study.tell(trial, 0.0)
+
+
+def test_paper_table_points_cover_the_papers_rows():
+    cfg = load_search_config("paper-table")
+    rows = {"qtrades", "qtrades-mse", "ce-qtrades", "ce-qtrades-mse", "e-qtrades",
+            "e-qtrades-mse", "trades-1", "trades-2", "adv"}
+    assert rows <= set(cfg.points)
+    base = cfg.base_dict()
+    trades2 = resolve_trial_config(base, cfg.points, {"point": "trades-2"})
+    assert trades2.objective.reduction == "sum" and trades2.objective.consistency == "kl"
+    e = resolve_trial_config(base, cfg.points, {"point": "e-qtrades"})
+    assert (e.clusters.k, e.clusters.l, e.clusters.m, e.attack.steps) == (1, 10, 10, 10)
+    assert e.attack.step_size > e.eps  # the paper's quirk, kept explicit
+
+
+def test_overrides_and_training_configs(tmp_path):
+    cfg = load_search_config("quick", overrides=["search.num_samples=3",
+                                                 "train.optim.epochs=1"])
+    assert cfg.search.num_samples == 3 and cfg.base_dict()["optim"]["epochs"] == 1
+    train_only = tmp_path / "best.yaml"
+    train_only.write_text(yaml.safe_dump({"data": {"dataset": "digits"}}))
+    as_search = load_search_config(config_file=train_only)
+    assert list(as_search.points) == ["config"] and as_search.search.num_samples == 1
+
+
+def test_cluster_yaml_passes_rays_own_validation():
+    from pathlib import Path
+
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = yaml.safe_load((Path(__file__).parents[2] / "cluster.yaml").read_text())
+    validate_config(prepare_config(cfg))
+    assert "--dashboard-host=127.0.0.1" in " ".join(cfg["head_start_ray_commands"])
+    ports = [p["FromPort"] for p in cfg["provider"]["security_group"]["IpPermissions"]]
+    assert ports == [22]  # SSH only: no Ray or dashboard port open to the internet
