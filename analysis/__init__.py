@@ -14,12 +14,19 @@ from ._autoattack import (
 )
 from ._export import EPOCHS_SCHEMA, TRIALS_SCHEMA, best_configs, export_experiment
 from ._report import pareto_front, write_report
-from ._results import Experiment, ExperimentError, TrialRecord, load_experiment
+from ._results import (
+    META_FILE,
+    Experiment,
+    ExperimentError,
+    TrialRecord,
+    load_experiment,
+    read_meta,
+)
 
 __all__ = [
-    "EPOCHS_SCHEMA", "SCHEMA_VERSION", "TRIALS_SCHEMA", "Experiment", "ExperimentError",
-    "RobustnessResult", "TrialRecord", "best_configs", "evaluate_checkpoint",
+    "EPOCHS_SCHEMA", "META_FILE", "SCHEMA_VERSION", "TRIALS_SCHEMA", "Experiment",
+    "ExperimentError", "RobustnessResult", "TrialRecord", "best_configs", "evaluate_checkpoint",
     "evaluate_robustness", "export_experiment", "load_experiment", "load_result", "pareto_front",
-    "save_result",
+    "read_meta", "save_result",
     "write_report",
 ]

@@ -77,7 +77,7 @@ from trainable import (
     atomic_write_text,
     frozen,
     load_classifier,
-    load_data,
+    load_dataset,
     pgd_linf,
 )
 
@@ -671,8 +671,7 @@ def evaluate_checkpoint(path: str | Path, *, head: str | None = None, examples: 
         raise ValueError(f"examples must be at least 1, got {examples}")
     clf, cfg, state = load_classifier(path, head, device)
     d = cfg.data
-    data = load_data(d.dataset, d.root, d.val_fraction, d.train_subset, seed=0,
-                     verify_md5=d.verify_md5)
+    data = load_dataset(cfg)
     x_all, y_all = (data.x_test, data.y_test) if split == "test" else (data.x_val, data.y_val)
     x = x_all[:examples].float() / 255.0
     return evaluate_robustness(

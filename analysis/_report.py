@@ -215,12 +215,11 @@ def _trials(experiment: Experiment) -> str:
     rows = []
     for t in order:
         best = t.best(experiment.metric, experiment.mode)
-        problem = t.diverged or t.error or ""
         rows.append([_esc(t.trial_id), _esc(t.status), _esc(t.epochs),
                      _pct(best.get("val_clean_acc")), _pct(best.get("val_robust_acc")),
-                     _esc(_params(t)), f'<span class="flag">{_esc(problem)}</span>'])
+                     _esc(_params(t)), f'<span class="flag">{_esc(t.problem or "")}</span>'])
     return _table(["trial", "status", "epochs", "best clean (%)", "best robust (%)", "params",
-                   "diverged / error"], rows, (2, 3, 4))
+                   "problem"], rows, (2, 3, 4))
 
 
 def _summary(experiment: Experiment) -> str:

@@ -14,9 +14,11 @@ from typing import Any
 
 from trainable import TrainConfig, resolve_trial_config
 
-__all__ = ["TrialRecord", "Experiment", "load_experiment", "ExperimentError"]
+__all__ = ["TrialRecord", "Experiment", "load_experiment", "read_meta", "ExperimentError",
+           "META_FILE"]
 
 METRICS = ("val_clean_acc", "val_pgd_acc", "val_robust_acc")
+META_FILE = "clustune.json"
 
 
 class ExperimentError(ValueError):
@@ -27,7 +29,7 @@ class ExperimentError(ValueError):
 class TrialRecord:
     trial_id: str
     path: Path
-    status: str  # PENDING, RUNNING, TERMINATED, ERROR (or UNKNOWN before Ray records it)
+    status: str  # PENDING, RUNNING, TERMINATED, ERROR; UNKNOWN: not in Ray's saved search state
     params: dict[str, Any]  # the searched knobs (dotted names) or {"point": name}
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch
     error: str | None = None
@@ -40,9 +42,14 @@ class TrialRecord:
     def last(self) -> dict[str, Any]:
         return self.history[-1] if self.history else {}
 
+    def _scored(self, metric: str) -> list[dict[str, Any]]:
+        """Epochs with a finite metric; the report of a diverged epoch (its metrics are
+        placeholders for Tune) never counts."""
+        return [r for r in self.history if _finite(r.get(metric)) and "diverged" not in r]
+
     def best(self, metric: str = "val_robust_acc", mode: str = "max") -> dict[str, Any]:
-        """The epoch with the best value of metric (empty before the first epoch)."""
-        rows = [r for r in self.history if _finite(r.get(metric))]
+        """The epoch with the best value of metric (empty before the first scored epoch)."""
+        rows = self._scored(metric)
         if not rows:
             return {}
         pick = max if mode == "max" else min
@@ -52,17 +59,26 @@ class TrialRecord:
     def diverged(self) -> str | None:
         return self.last.get("diverged")
 
+    @property
+    def problem(self) -> str | None:
+        """Why the trial ended early, or what it recovered from (Ray keeps error.txt after a
+        successful retry), for trial tables."""
+        if self.diverged:
+            return f"diverged: {self.diverged}"
+        if self.error:
+            return f"{'failed' if self.status == 'ERROR' else 'retried after'}: {self.error}"
+        return None
+
     def checkpoints(self) -> list[Path]:
         return sorted(self.path.glob("checkpoint_*/state.pt"))
 
     def best_checkpoint(self, metric: str = "val_robust_acc", mode: str = "max") -> Path | None:
         """The kept checkpoint whose epoch scored best on metric."""
-        by_iter = {r.get("training_iteration"): r for r in self.history}
+        by_iter = {r.get("training_iteration"): r for r in self._scored(metric)}
         scored = []
         for ckpt in self.checkpoints():
-            iteration = int(ckpt.parent.name.split("_")[-1]) + 1
-            row = by_iter.get(iteration)
-            if row is not None and _finite(row.get(metric)):
+            row = by_iter.get(int(ckpt.parent.name.split("_")[-1]) + 1)
+            if row is not None:
                 scored.append((row[metric], ckpt))
         if not scored:
             return None
@@ -145,23 +161,42 @@ def _statuses(path: Path) -> dict[str, tuple[str, str | None]]:
 
 
 def _read_history(result_file: Path) -> list[dict[str, Any]]:
-    rows = []
+    """One row per epoch. A trial restored from an older checkpoint (a retry, or a resume after
+    the driver was killed) reports epochs again: a repeated iteration starts the history anew
+    from there, dropping the abandoned rows."""
+    rows: list[dict[str, Any]] = []
     if result_file.is_file():
         for line in result_file.read_text().splitlines():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 break  # a line still being written
+            iteration = row.get("training_iteration")
+            while iteration is not None and rows and \
+                    rows[-1].get("training_iteration", 0) >= iteration:
+                rows.pop()
+            rows.append(row)
     return rows
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The experiment's clustune.json (its resolved search config and study)."""
+    meta_file = Path(path) / META_FILE
+    if not meta_file.is_file():
+        raise ExperimentError(f"{path} is not a clustune experiment (no {META_FILE})")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ExperimentError(f"{meta_file} is unreadable ({err})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ExperimentError(f"{meta_file} is not a clustune experiment file")
+    return meta
 
 
 def load_experiment(path: str | Path) -> Experiment:
     """Every trial of the experiment in path, with its per-epoch history and status."""
     path = Path(path)
-    meta_file = path / "clustune.json"
-    if not meta_file.is_file():
-        raise ExperimentError(f"{path} is not a clustune experiment (no clustune.json)")
-    meta = json.loads(meta_file.read_text())
+    meta = read_meta(path)
     statuses = _statuses(path)
     trials = []
     for params_file in sorted(path.glob("*/params.json")):

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import TypeVar
 
-from analysis import ExperimentError, best_configs, export_experiment, load_experiment, write_report
+from analysis import best_configs, export_experiment, load_experiment, write_report
 
 from ._console import UsageError, console
 
@@ -16,11 +16,9 @@ T = TypeVar("T")
 
 
 def _run(what: Callable[[], T]) -> T:
-    """Turn a missing experiment or an unwritable output into a one-line usage error."""
+    """Name an unwritable output in the one-line usage error."""
     try:
         return what()
-    except ExperimentError as err:
-        raise UsageError(str(err)) from None
     except OSError as err:
         raise UsageError(f"cannot write {err.filename or 'the output'}: "
                          f"{err.strerror or err}") from None
@@ -54,10 +52,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
-    try:
-        experiment = load_experiment(args.dir)
-    except ExperimentError as err:
-        raise UsageError(str(err)) from None
+    experiment = load_experiment(args.dir)
     storage = experiment.study_storage
     if storage is None:
         raise UsageError(f"{experiment.path} has no optuna.db yet; start the search first")
@@ -81,6 +76,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1-65535)")
     return value
 
 
@@ -118,5 +120,5 @@ def add_analysis_commands(sub) -> None:
                        "through an SSH tunnel rather than binding a public address.")
     p.add_argument("dir", help="the experiment folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    p.add_argument("--port", type=_port, default=8080, help="port (default: 8080)")
     p.set_defaults(func=_cmd_dashboard)

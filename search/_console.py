@@ -25,7 +25,12 @@ def fail(message: str, code: int = 2) -> None:
 
 @contextmanager
 def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
-    """A progress callback (stage, done, total) drawn as a bar on a terminal."""
+    """A progress callback (stage, done, total) drawn as a bar on a terminal; silent when
+    output goes to a file or pipe, where a bar is noise (and rich would end it with an empty
+    line, before any error message)."""
+    if not console.is_terminal:
+        yield lambda stage, done, total: None
+        return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True) as bar:
         tasks: dict[str, int] = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 import ray
 from rich.table import Table
 
-from analysis import Experiment, TrialRecord, load_experiment, pareto_front
+from analysis import Experiment, TrialRecord, load_experiment, load_result, pareto_front
 from trainable import TrainConfig
 
 from ._console import UsageError, console
@@ -46,6 +46,14 @@ def _heads_for(cfg: TrainConfig, heads: list[str] | None) -> list[str]:
     if not cfg.is_clustering:
         return ["linear"]
     return heads or [cfg.clusters.head]
+
+
+def _already_done(result: Path, examples: int, version: str) -> bool:
+    """A finished evaluation with the same budget is kept; another budget is re-run."""
+    if not result.is_file():
+        return False
+    done = load_result(result)
+    return done.n_examples == examples and done.version == version
 
 
 @ray.remote
@@ -90,9 +98,9 @@ def run_final_stage(experiment_dir: Path, top_k: int, examples: int,
             continue
         for head in _heads_for(experiment.trial_config(trial), heads):
             result = out / f"{trial.trial_id}-{head}.json"
-            if result.is_file():
+            if _already_done(result, examples, version):
                 continue
-            state = out / f"{trial.trial_id}-{head}.state"
+            state = out / f"{trial.trial_id}-{head}-{version}-{examples}.state"
             pending.append(_evaluate.options(num_cpus=1, num_gpus=gpus_per_task).remote(
                 str(ckpt), head, examples, version, str(result), str(state)))
     if pending:

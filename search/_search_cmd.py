@@ -9,12 +9,12 @@ from pathlib import Path
 
 from rich.table import Table
 
-from analysis import Experiment, ExperimentError, load_experiment
+from analysis import Experiment, TrialRecord, load_experiment
 
 from ._console import UsageError, console
 from ._final import final_table, run_final_stage
-from ._spaces import SearchConfig, SearchSettings, load_search_config
-from ._tuner import build_tuner, read_meta, restore_tuner, start_ray
+from ._spaces import SearchConfig, SearchSettings, check_inputs, load_search_config
+from ._tuner import build_tuner, embedded, read_meta, restore_tuner, start_ray
 
 __all__ = ["add_search_commands", "run_search", "resume_search", "trial_table"]
 
@@ -39,6 +39,8 @@ def run_search(cfg: SearchConfig, experiment_dir: Path, address: str | None = No
     if experiment_dir.exists() and any(experiment_dir.iterdir()):
         raise UsageError(f"{experiment_dir} already exists; continue it with `clustune resume "
                          f"{experiment_dir}` or choose another --name")
+    if embedded(address):
+        check_inputs(cfg)
     dashboard = start_ray(address, num_cpus)
     tuner = build_tuner(cfg, experiment_dir, experiment_dir.name)
     _watch_hints(experiment_dir, dashboard)
@@ -81,19 +83,22 @@ def _wanted_trials(experiment: Experiment) -> int:
 
 
 def trial_table(experiment: Experiment, top: int | None = None) -> Table:
-    """Trials ranked by their best epoch on the search metric."""
+    """Trials ranked by their best epoch on the search metric (the top ones, when top is
+    given), then every other trial that has no score yet or a problem to show: diverged,
+    failed, or retried after a crash."""
     metric, mode = experiment.metric, experiment.mode
     table = Table(title=f"{experiment.path.name}: trials by best {metric}")
-    for col in ("trial", "status", "epochs", "best clean", "best robust", "params"):
+    for col in ("trial", "status", "epochs", "best clean", "best robust", "params", "problem"):
         table.add_column(col, overflow="fold")
     ranked = experiment.ranked()
-    rest = [t for t in experiment.trials if t not in ranked]
-    for t in (ranked[:top] if top else ranked) + ([] if top else rest):
+    shown: list[TrialRecord] = list(ranked[:top] if top else ranked)
+    shown += [t for t in experiment.trials if t not in shown and (t not in ranked or t.problem)]
+    for t in shown:
         best = t.best(metric, mode)
-        status = t.status + (" (diverged)" if t.diverged else "")
+        status = "DIVERGED" if t.diverged else t.status
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
         table.add_row(t.trial_id, status, str(t.epochs), _fmt(best.get("val_clean_acc")),
-                      _fmt(best.get("val_robust_acc")), params)
+                      _fmt(best.get("val_robust_acc")), params, t.problem or "")
     return table
 
 
@@ -142,10 +147,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    try:
-        experiment = load_experiment(args.dir)
-    except ExperimentError as err:
-        raise UsageError(str(err)) from None
+    experiment = load_experiment(args.dir)
     console.print(trial_table(experiment))
     if experiment.final_results():
         console.print(final_table(experiment))

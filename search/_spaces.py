@@ -12,15 +12,18 @@ from pydantic import Field, ValidationError, model_validator
 
 from trainable import (
     ConfigError,
+    TrainConfig,
     apply_overrides,
     build_config,
+    load_checkpoint,
+    load_dataset,
     parse_overrides,
     resolve_trial_config,
 )
 from trainable._config import NUM_CLASSES, _Section, load_preset, read_yaml, validation_message
 
 __all__ = ["ParamSpec", "SearchSettings", "SearchConfig", "load_search_config",
-           "list_search_presets", "suggest"]
+           "list_search_presets", "suggest", "check_inputs"]
 
 
 class ParamSpec(_Section):
@@ -142,6 +145,19 @@ def _check(cfg: SearchConfig) -> None:
             study.tell(trial, 0.0)
     if cfg.search.metric not in _known_metrics() and not cfg.search.multi_objective:
         raise ConfigError(f"search.metric: unknown metric {cfg.search.metric!r}")
+
+
+def check_inputs(cfg: SearchConfig) -> None:
+    """Load the files the trials will read (each dataset, any warm-start checkpoint), so a
+    missing or corrupt one is a single error before Ray starts instead of a failure in every
+    trial. Only meaningful where the trials see this machine's files (an embedded Ray)."""
+    base = cfg.base_dict()
+    configs: list[TrainConfig] = [resolve_trial_config(base, cfg.points, {"point": name})
+                                  for name in cfg.points] or [build_config(base)]
+    for c in {c.data.model_dump_json(): c for c in configs}.values():
+        load_dataset(c)
+    for path in {c.warm_start.checkpoint for c in configs} - {None}:
+        load_checkpoint(path)
 
 
 def _known_metrics() -> set[str]:

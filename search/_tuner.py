@@ -19,16 +19,16 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from analysis import META_FILE, read_meta
 from trainable import atomic_write_text
 
 from ._console import UsageError
 from ._spaces import SearchConfig, suggest
 from ._trainable import ClusteringTrainable
 
-__all__ = ["start_ray", "build_tuner", "restore_tuner", "read_meta", "META_FILE",
+__all__ = ["start_ray", "embedded", "build_tuner", "restore_tuner", "read_meta", "META_FILE",
            "STUDY_FILE", "study_storage_url"]
 
-META_FILE = "clustune.json"
 STUDY_FILE = "optuna.db"
 
 
@@ -68,15 +68,14 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> str | 
     return f"http://{url}" if url else None
 
 
+def embedded(address: str | None = None) -> bool:
+    """Whether start_ray(address) starts an embedded Ray, whose trials read this machine's
+    files."""
+    return not (address or os.environ.get("RAY_ADDRESS"))
+
+
 def study_storage_url(experiment_dir: Path) -> str:
     return f"sqlite:///{(experiment_dir / STUDY_FILE).resolve()}"
-
-
-def read_meta(experiment_dir: Path) -> dict[str, Any]:
-    path = Path(experiment_dir) / META_FILE
-    if not path.is_file():
-        raise UsageError(f"{experiment_dir} is not a clustune experiment (no {META_FILE})")
-    return json.loads(path.read_text())
 
 
 def _trainable(cfg: SearchConfig, experiment_dir: Path):

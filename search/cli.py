@@ -7,12 +7,23 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
+from analysis import ExperimentError
 from trainable import CheckpointError, ConfigError, DataError, TrainingDiverged
 
 from ._console import UsageError
 
 EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line errors of every other bad input (argparse prints the usage
+    first); the subcommand parsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"clustune: error: {self.prog}: {message} "
+                              f"(see {self.prog} --help)\n")
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> None:
@@ -53,7 +64,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="clustune",
         description="Hyperparameter search for clustering-based adversarially robust classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -83,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, CheckpointError, UsageError) as err:
+    except (ConfigError, DataError, CheckpointError, ExperimentError, UsageError) as err:
         print(f"clustune: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:  # e.g. an output path under a file, or without write permission
+        where = f": {err.filename}" if err.filename else ""
+        print(f"clustune: error: {err.strerror or err}{where}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingDiverged as err:
         print(f"clustune: training diverged: {err}", file=sys.stderr)

@@ -30,6 +30,7 @@ from ._trainer import (
     TrainingDiverged,
     load_checkpoint,
     load_classifier,
+    load_dataset,
     resolve_device,
 )
 
@@ -41,7 +42,7 @@ __all__ = [
     "apply_overrides", "atomic_write_bytes", "atomic_write_text", "augment_batch",
     "build_backbone", "build_config", "consistency",
     "fit_clusters", "frozen", "kmeans", "list_presets", "load_checkpoint", "load_classifier",
-    "load_config", "load_data", "magnet_loss", "parse_overrides", "pgd_linf", "read_yaml",
-    "resolve_trial_config",
+    "load_config", "load_data", "load_dataset", "magnet_loss", "parse_overrides", "pgd_linf",
+    "read_yaml", "resolve_trial_config",
     "resolve_device",
 ]

@@ -27,7 +27,7 @@ from ._models import Backbone, Classifier, build_backbone
 from ._objectives import OBJECTIVES, Batch, free_magnet_adv_replay
 
 __all__ = ["Trainer", "TrainingDiverged", "CheckpointError", "load_checkpoint",
-           "load_classifier", "resolve_device", "CHECKPOINT_FORMAT"]
+           "load_classifier", "load_dataset", "resolve_device", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "clustune-checkpoint-v1"
 EVAL_BATCH = 500
@@ -50,15 +50,20 @@ def resolve_device(name: str) -> torch.device:
 _DATA_CACHE: dict[tuple, ImageData] = {}
 
 
+def load_dataset(cfg: TrainConfig) -> ImageData:
+    """The dataset cfg names, with the validation split every run of it uses (seed 0)."""
+    d = cfg.data
+    return load_data(d.dataset, d.root, d.val_fraction, d.train_subset, seed=0,
+                     verify_md5=d.verify_md5, download=d.download)
+
+
 def _cached_data(cfg: TrainConfig, device: torch.device) -> ImageData:
     """Datasets are loaded once per process (actor reuse keeps them across trials)."""
     d = cfg.data
     key = (d.dataset, d.root, d.val_fraction, d.train_subset, d.verify_md5, str(device))
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
-        _DATA_CACHE[key] = load_data(d.dataset, d.root, d.val_fraction, d.train_subset,
-                                     seed=0, verify_md5=d.verify_md5, download=d.download
-                                     ).to(device)
+        _DATA_CACHE[key] = load_dataset(cfg).to(device)
     return _DATA_CACHE[key]
 
 

@@ -126,6 +126,21 @@ def test_export_replaces_its_files_atomically(finished_experiment, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epochs.parquet", "trials.parquet"]
 
 
+def test_epochs_reported_again_after_a_restore_replace_the_abandoned_ones(fake_experiment,
+                                                                          tmp_path):
+    """A trial restored from an older checkpoint (a retry, a resume after SIGKILL) reports
+    epochs again; its history continues from the restored epoch."""
+    exp = fake_experiment(tmp_path)
+    trial = next(t for t in load_experiment(exp.path).trials if t.epochs == 3)
+    rows = [json.loads(line) for line in (trial.path / "result.json").read_text().splitlines()]
+    rerun = {**rows[1], "val_robust_acc": 0.5, "iterations_since_restore": 1}
+    with (trial.path / "result.json").open("a") as f:  # restored after epoch 1: epoch 2 again
+        f.write(json.dumps(rerun) + "\n")
+    again = next(t for t in load_experiment(exp.path).trials if t.trial_id == trial.trial_id)
+    assert again.history == [rows[0], rerun]
+    assert again.best()["val_robust_acc"] == 0.5
+
+
 def test_points_search_exports_the_point_name(fake_experiment, tmp_path):
     path = fake_experiment(tmp_path, points=True).path
     table = pq.read_table(export_experiment(path)["trials"])

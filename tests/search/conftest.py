@@ -1,8 +1,15 @@
-"""One Ray for the whole session (small object store, no usage stats) and digits search configs."""
+"""One Ray for the whole session (small object store, no usage stats), digits search configs,
+and `clustune` subprocesses that leave no Ray process behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +51,56 @@ def _digits_search(**search) -> dict:
         },
         "search": {"num_samples": 4, "max_concurrent": 2, "final_top_k": 0, **search},
     }
+
+
+def _session_pids(sid: int) -> list[int]:
+    """The live processes of session sid (from /proc): a driver started in a session of its own
+    and the Ray processes it started."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                state, _, _, session = (entry / "stat").read_text().rpartition(")")[2].split()[:4]
+            except OSError:  # exited meanwhile
+                continue
+            if int(session) == sid and state != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL a whole session at once, as a crash of the machine would stop it."""
+    for pid in _session_pids(sid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def clustune(tmp_path):
+    """clustune(*args) -> Popen of the real CLI in a session of its own, its output in
+    proc.log; proc.crash() SIGKILLs the whole session. Afterwards every process left in those
+    sessions is killed: Ray's dashboard and runtime-env agents outlive a driver killed with
+    SIGKILL."""
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str) -> subprocess.Popen:
+        log = tmp_path / f"clustune-{len(started)}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "search.cli", *args],
+                                    env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+                                    stdout=out, stderr=subprocess.STDOUT, text=True,
+                                    start_new_session=True)
+        proc.log = log
+        proc.crash = lambda: _kill_session(proc.pid)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while _session_pids(proc.pid):
+            _kill_session(proc.pid)
+            assert time.monotonic() < deadline, f"processes of session {proc.pid} survive SIGKILL"
+            time.sleep(0.2)

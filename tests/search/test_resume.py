@@ -3,21 +3,12 @@ keeping finished trials and running none twice."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import yaml
 
 from analysis import load_experiment
-
-
-def _clustune(*args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    return subprocess.Popen([sys.executable, "-m", "search.cli", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
 def _finished(path) -> list:
@@ -28,27 +19,29 @@ def _finished(path) -> list:
     return [t for t in exp.trials if t.epochs == 2]
 
 
-def test_sigint_then_resume_runs_every_trial_once(tmp_path, digits_search):
+def test_sigint_then_resume_runs_every_trial_once(tmp_path, digits_search, clustune):
     data = digits_search(num_samples=5, max_concurrent=1, scheduler="fifo")
     data["train"]["optim"]["epochs"] = 2
     config = tmp_path / "search.yaml"
     config.write_text(yaml.safe_dump(data))
     exp_dir = tmp_path / "store" / "interrupted"
-    proc = _clustune("search", "--config", str(config), "--storage", str(tmp_path / "store"),
+    proc = clustune("search", "--config", str(config), "--storage", str(tmp_path / "store"),
                      "--name", "interrupted")
     deadline = time.monotonic() + 240
     while len(_finished(exp_dir)) < 2:
-        assert proc.poll() is None, proc.stdout.read()
+        assert proc.poll() is None, proc.log.read_text()
         assert time.monotonic() < deadline, "no trial finished in time"
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=180)
+    proc.wait(timeout=180)
+    out = proc.log.read_text()
     before = {t.trial_id: t.history for t in _finished(exp_dir)}
     assert 2 <= len(before) < 5, out
     assert "clustune resume" in out
 
-    resume = _clustune("resume", str(exp_dir))
-    out, _ = resume.communicate(timeout=400)
+    resume = clustune("resume", str(exp_dir))
+    resume.wait(timeout=400)
+    out = resume.log.read_text()
     assert resume.returncode == 0, out
     after = load_experiment(exp_dir)
     assert len(after.trials) == 5

@@ -69,3 +69,21 @@ def test_cluster_yaml_passes_rays_own_validation():
     assert "--dashboard-host=127.0.0.1" in " ".join(cfg["head_start_ray_commands"])
     ports = [p["FromPort"] for p in cfg["provider"]["security_group"]["IpPermissions"]]
     assert ports == [22]  # SSH only: no Ray or dashboard port open to the internet
+
+
+def test_embedded_rays_dashboard_binds_localhost(monkeypatch):
+    """With ray[default] installed the embedded Ray serves its dashboard, on 127.0.0.1 only."""
+    from types import SimpleNamespace
+
+    import ray
+
+    from search import _tuner
+
+    calls = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw) or
+                        SimpleNamespace(dashboard_url="127.0.0.1:8265"))
+    monkeypatch.setattr(_tuner, "dashboard_available", lambda: True)
+    assert _tuner.start_ray() == "http://127.0.0.1:8265"
+    assert calls[0]["include_dashboard"] and calls[0]["dashboard_host"] == "127.0.0.1"

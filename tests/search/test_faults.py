@@ -1,0 +1,133 @@
+"""Faults during real searches on digits: a crashed trial is retried from its last checkpoint
+and finishes, a diverging trial ends with its reason while the search goes on, a driver killed
+with SIGKILL is resumed, and a final stage killed mid-evaluation resumes where it stopped."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from rich.console import Console
+
+from analysis import export_experiment, load_experiment, write_report
+from search import SearchConfig, run_search, trial_table
+
+# fixed points: the same trial three times, one crashing once at epoch 2, one diverging
+FAULTS = {"healthy": {}, "crash": {"fail_at_epoch": 2}, "nan": {"optim": {"lr": 1.0e6}}}
+
+
+@pytest.fixture(scope="module")
+def faults_experiment(ray_session, tmp_path_factory, digits_search):
+    data = digits_search(scheduler="fifo", max_failures=1)
+    data.pop("space")
+    data["points"] = FAULTS
+    data["train"]["optim"]["epochs"] = 3
+    return run_search(SearchConfig.model_validate(data), tmp_path_factory.mktemp("faults") / "exp")
+
+
+def _trial(experiment, point: str):
+    (trial,) = [t for t in experiment.trials if t.params == {"point": point}]
+    return trial
+
+
+def test_crashed_trial_is_retried_from_its_last_checkpoint(faults_experiment):
+    crash, healthy = _trial(faults_experiment, "crash"), _trial(faults_experiment, "healthy")
+    assert crash.status == "TERMINATED" and crash.epochs == 3
+    assert [r["training_iteration"] for r in crash.history] == [1, 2, 3]
+    # the retry restored the epoch-1 checkpoint: epoch 2 is its first iteration since restore
+    assert [r["iterations_since_restore"] for r in crash.history] == [1, 1, 2]
+    assert "injected fault at epoch 2" in crash.problem
+    assert len(list((faults_experiment.path / "faults").iterdir())) == 1  # raised once
+    # and continued exactly: the same numbers as the trial that never crashed
+    for got, want in zip(crash.history, healthy.history, strict=True):
+        for key in ("train_loss", "val_clean_acc", "val_robust_acc", "sigma2"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), key
+
+
+def test_diverging_trial_ends_with_its_reason_and_the_search_goes_on(faults_experiment,
+                                                                      tmp_path):
+    nan = _trial(faults_experiment, "nan")
+    assert nan.status == "TERMINATED" and nan.epochs == 1
+    assert nan.diverged.startswith("loss became") and "at epoch 1" in nan.diverged
+    assert nan.best() == {} and nan not in faults_experiment.ranked()  # never ranked
+    assert all(t.epochs == 3 for t in faults_experiment.trials if t is not nan)
+
+    console = Console(file=io.StringIO(), width=250, record=True)
+    console.print(trial_table(faults_experiment, top=1))  # as printed after a search
+    table = console.export_text()
+    assert "DIVERGED" in table and f"diverged: {nan.diverged}" in table
+    assert "retried after" in table  # the crashed trial, though ranked below the top one
+
+    trials = pq.read_table(export_experiment(faults_experiment.path, tmp_path)["trials"])
+    rows = {r["trial_id"]: r for r in trials.to_pylist()}
+    assert rows[nan.trial_id]["diverged"] == nan.diverged
+    report = write_report(faults_experiment.path, tmp_path / "report.html").read_text()
+    assert f"diverged: {nan.diverged}" in report
+
+
+def _state_statuses(path) -> dict[str, str]:
+    """Trial statuses as the driver last saved them (what a resume starts from)."""
+    try:
+        return {t.trial_id: t.status for t in load_experiment(path).trials}
+    except Exception:  # noqa: BLE001 - the folder is still being created
+        return {}
+
+
+def test_sigkilled_driver_is_resumed_keeping_finished_trials(tmp_path, digits_search,
+                                                             clustune):
+    data = digits_search(num_samples=4, max_concurrent=1, scheduler="fifo")
+    data["train"]["optim"]["epochs"] = 2
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump(data))
+    exp_dir = tmp_path / "store" / "killed"
+    driver = clustune("search", "--config", str(config), "--storage", str(tmp_path / "store"),
+                      "--name", "killed")
+    deadline = time.monotonic() + 240
+    while list(_state_statuses(exp_dir).values()).count("TERMINATED") < 2:
+        assert driver.poll() is None, driver.log.read_text()
+        assert time.monotonic() < deadline, "no trial finished in time"
+        time.sleep(0.2)
+    finished = [t for t in load_experiment(exp_dir).trials if t.status == "TERMINATED"]
+    driver.kill()  # SIGKILL to the driver alone; Ray's agents stay behind until teardown
+    driver.wait()
+
+    resume = clustune("resume", str(exp_dir))
+    assert resume.wait(timeout=400) == 0, resume.log.read_text()
+    after = {t.trial_id: t for t in load_experiment(exp_dir).trials}
+    assert len(after) == 4, resume.log.read_text()
+    assert all(t.status == "TERMINATED" and t.epochs == 2 for t in after.values())
+    for trial in finished:  # kept as they were, not run again
+        assert after[trial.trial_id].history == trial.history
+
+
+def test_final_stage_killed_mid_evaluation_resumes(faults_experiment, clustune):
+    trial = _trial(faults_experiment, "healthy")
+    final = faults_experiment.path / "final"
+    args = ("evaluate", str(faults_experiment.path), "--trial", trial.trial_id,
+            "--examples", "32")
+    first = clustune(*args)
+    deadline = time.monotonic() + 180
+    while not list(final.glob("*.state")):  # written once the clean pass is done
+        assert first.poll() is None, first.log.read_text()
+        assert time.monotonic() < deadline, "the evaluation never saved its state"
+        time.sleep(0.05)
+    first.crash()  # driver, Ray and the evaluating worker die at once
+    first.wait()
+    (state,) = final.glob("*.state")
+    assert json.loads(state.read_text())["clean_correct"] is not None
+    assert not list(final.glob("*.json"))
+
+    second = clustune(*args)
+    assert second.wait(timeout=300) == 0, second.log.read_text()
+    out = second.log.read_text()
+    (result,) = final.glob("*.json")
+    assert json.loads(result.read_text())["n_examples"] == 32
+    assert not list(final.glob("*.state"))
+    # resumed after the clean pass, which it does not repeat; the last stage did run
+    assert re.search(rf"{trial.trial_id}-\w+: adaptive \d+/\d+", out), out
+    assert ": clean " not in out

@@ -1,0 +1,48 @@
+"""Results are written atomically: an interrupted write leaves the old file, and every output
+of the packages goes through the atomic helpers."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from trainable import atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[2]
+WRITE = re.compile(r"\.write_(text|bytes)\(|open\(.*[\"'][wax]b?\+?[\"']|torch\.save\(")
+# the only direct writes: the helper itself, a checkpoint serialised to memory first, the
+# line-by-line epoch log of `clustune train`, and the warm start's (empty) lock file
+ALLOWED = {
+    "trainable/_files.py": 'os.fdopen(fd, "wb")',
+    "trainable/_trainer.py": "torch.save(self.state_dict(), buffer)",
+    "search/_train_cmd.py": '(out / "metrics.jsonl").open("w")',
+    "search/_trainable.py": '(folder / f"{path.stem}.lock").open("w")',
+}
+
+
+def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "result.json"
+    target.write_text("old")
+
+    def interrupted(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]  # no temporary file left behind
+
+
+def test_outputs_are_written_only_through_the_atomic_helpers():
+    direct = []
+    for package in ("trainable", "search", "analysis"):
+        for path in sorted((ROOT / package).glob("*.py")):
+            name = path.relative_to(ROOT).as_posix()
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if WRITE.search(line) and ALLOWED.get(name, "\0") not in line:
+                    direct.append(f"{name}:{number}: {line.strip()}")
+    assert not direct, "write these through trainable.atomic_write_*:\n" + "\n".join(direct)
