@@ -87,7 +87,8 @@ def run_final_stage(experiment_dir: Path, top_k: int, examples: int,
     experiment = load_experiment(experiment_dir)
     chosen = select_trials(experiment, top_k, trial_ids)
     if not chosen:
-        raise UsageError(f"no trial of {experiment_dir} has finished an epoch yet")
+        raise UsageError(f"no trial of {experiment_dir} has a scored epoch to evaluate "
+                         "(none finished one, or all diverged)")
     out = Path(experiment_dir) / FINAL_DIR
     out.mkdir(exist_ok=True)
     pending = []
