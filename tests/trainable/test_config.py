@@ -52,7 +52,9 @@ def test_set_overrides_apply_on_top_of_a_preset() -> None:
     assert cfg.clusters.k == 3 and cfg.objective.lam == 2.5 and cfg.optim.lr == 3e-4
     assert cfg.clusters.head == "learned" and cfg.data.root == "/tmp/fm"
     assert cfg.eps == 0.05 and cfg.eval_eps == 0.05
-    assert cfg.clusters.m == 12  # untouched keys keep the preset's values
+    preset = load_config(preset="fmnist-magnet-adv")
+    assert cfg.clusters.m == preset.clusters.m  # untouched keys keep the preset's values
+    assert cfg.optim.epochs == preset.optim.epochs
 
 
 def test_parse_overrides_builds_nested_typed_values() -> None:
