@@ -31,6 +31,7 @@ class Batch:
     batch_cluster: torch.Tensor | None  # [B] in 0..M-1 (clustering variants)
     cluster_class: torch.Tensor | None  # [M]
     generator: torch.Generator
+    batch_clusters: torch.Tensor | None = None  # [M] cluster ids, for the sampler's bookkeeping
 
     def magnet(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return magnet_loss(emb, self.batch_cluster, self.cluster_class, self.cfg.clusters.alpha)

@@ -168,10 +168,8 @@ class Trainer:
         batch_cluster = torch.arange(c.m, device=self.device).repeat_interleave(c.d)
         cluster_class = self.clusters.centroid_class[batch_clusters.to(self.device)]
         y = self.data.y_train[idx.to(self.device)]
-        b = Batch(self.model, self.head, self.cfg, self._images(idx), y, batch_cluster,
-                  cluster_class, self.generator)
-        b.batch_clusters = batch_clusters  # for the sampler's loss bookkeeping
-        return b
+        return Batch(self.model, self.head, self.cfg, self._images(idx), y, batch_cluster,
+                     cluster_class, self.generator, batch_clusters)
 
     def _step(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
