@@ -11,16 +11,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
-__all__ = ["console", "UsageError", "fail", "progress_bar", "format_metrics"]
+__all__ = ["console", "UsageError", "progress_bar", "format_metrics"]
 
 
 class UsageError(Exception):
     """A problem with what the user asked for: one line, exit code 2."""
-
-
-def fail(message: str, code: int = 2) -> None:
-    print(f"clustune: error: {message}", file=sys.stderr)
-    raise SystemExit(code)
 
 
 @contextmanager
