@@ -122,10 +122,11 @@ def suggest(trial: optuna.Trial, cfg: SearchConfig, base: dict[str, Any]) -> dic
 def _check(cfg: SearchConfig) -> None:
     """Reject a space that can produce an invalid training config, before Ray starts."""
     base = cfg.base_dict()
-    try:
-        build_config(base) if not cfg.points else None
-    except ConfigError as err:
-        raise ConfigError(f"train: {err}") from None
+    if not cfg.points:  # with points, each point's config is checked below instead
+        try:
+            build_config(base)
+        except ConfigError as err:
+            raise ConfigError(f"train: {err}") from None
     for name in cfg.points:
         try:
             resolve_trial_config(base, cfg.points, {"point": name})
