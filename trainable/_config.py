@@ -102,6 +102,15 @@ class EvalConfig(_Section):
     eps: float | None = Field(None, ge=0)  # None: the training attack's eps
 
 
+class FastPathConfig(_Section):
+    """Speed options for GPUs; each is tested to match the plain path within tolerance. The
+    final-stage AutoAttack always runs the plain float32 model."""
+
+    amp: Literal["off", "bf16"] = "off"  # bf16 autocast of the backbone (losses stay float32)
+    channels_last: bool = False  # NHWC weights and activations (tensor cores, cuDNN)
+    compile: bool = False  # torch.compile the backbone (compiles on the first batches)
+
+
 class TrainConfig(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -111,6 +120,7 @@ class TrainConfig(_Section):
     optim: OptimConfig = OptimConfig()
     warm_start: WarmStartConfig = WarmStartConfig()
     eval: EvalConfig = EvalConfig()
+    fast: FastPathConfig = FastPathConfig()
     seed: int = 99
     device: str = "auto"  # auto: cuda when there is one
     fail_at_epoch: int | None = Field(None, ge=1)  # fault injection: raise once at this epoch

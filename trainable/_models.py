@@ -5,6 +5,8 @@ Attacks work in [0, 1] pixel space, so normalisation must be part of the network
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,13 +24,34 @@ class Backbone(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
         self.num_classes = num_classes
+        self.amp_dtype: torch.dtype | None = None
+        self.channels_last = False
+        self._compiled_features: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def use_fast_path(self, amp: str = "off", channels_last: bool = False,
+                      compile: bool = False) -> Backbone:
+        """GPU speed options (``fast`` in the config). The embedding stays float32, so heads,
+        losses and attacks are unchanged; only the convolutions run faster."""
+        self.amp_dtype = {"off": None, "bf16": torch.bfloat16}[amp]
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        self._compiled_features = torch.compile(self.features) if compile else None
+        return self
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Embedding f(x) of images x in [0, 1]."""
-        return self.features((x - self.mean) / self.std)
+        """Embedding f(x) of images x in [0, 1], float32 whatever the fast path."""
+        x = (x - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        features = self._compiled_features or self.features
+        if self.amp_dtype is None:
+            return features(x)
+        with torch.autocast(x.device.type, dtype=self.amp_dtype):
+            return features(x).float()
 
     def linear_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.embed(x))

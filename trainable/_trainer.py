@@ -86,6 +86,8 @@ class Trainer:
         self.model: Backbone = build_backbone(
             cfg.model.arch, d.in_channels, d.num_classes, d.mean, d.std,
             cfg.model.width, cfg.model.embedding_dim).to(self.device)
+        f = cfg.fast
+        self.model.use_fast_path(f.amp, f.channels_last, f.compile)
         self.head: ClusterHead | None = None
         if cfg.is_clustering:
             self.head = ClusterHead(cfg.clusters.head, d.num_classes, cfg.clusters.k,
