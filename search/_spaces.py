@@ -63,6 +63,7 @@ class SearchSettings(_Section):
     keep_checkpoints: int = Field(2, ge=1)  # best by metric
     max_failures: int = Field(2, ge=0)  # retries of a crashed trial from its last checkpoint
     reuse_actors: bool = True
+    share_warm_start: bool = True  # one CE warm start per experiment, not one per trial
     seed: int = 0  # sampler seed
     final_top_k: int = Field(2, ge=0)  # trials re-evaluated with AutoAttack at the end (0: off)
     final_examples: int = Field(500, ge=1)  # test images per final evaluation

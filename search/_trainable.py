@@ -71,9 +71,10 @@ class ClusteringTrainable(tune.Trainable):
 
     def setup(self, config: dict[str, Any], base: dict[str, Any] | None = None,
               points: dict[str, dict[str, Any]] | None = None,
-              experiment_dir: str | None = None) -> None:
+              experiment_dir: str | None = None, share_warm_start: bool = True) -> None:
         self.base, self.points = base or {}, points or {}
         self.experiment_dir = Path(experiment_dir) if experiment_dir else None
+        self.share_warm_start = share_warm_start
         cpus = int(max(1, self.trial_resources.head_cpus if self.trial_resources else 1))
         torch.set_num_threads(cpus)
         self._build(config)
@@ -81,7 +82,7 @@ class ClusteringTrainable(tune.Trainable):
     def _build(self, config: dict[str, Any]) -> None:
         cfg = resolve_trial_config(self.base, self.points, config)
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-        if self.experiment_dir is not None:
+        if self.experiment_dir is not None and self.share_warm_start:
             cfg = shared_warm_start(cfg, self.experiment_dir / "warm_start", device)
         self.cfg = cfg
         self.trainer = Trainer(cfg, device=device)

@@ -81,7 +81,8 @@ def study_storage_url(experiment_dir: Path) -> str:
 def _trainable(cfg: SearchConfig, experiment_dir: Path):
     s = cfg.search
     with_params = tune.with_parameters(ClusteringTrainable, base=cfg.base_dict(),
-                                       points=cfg.points, experiment_dir=str(experiment_dir))
+                                       points=cfg.points, experiment_dir=str(experiment_dir),
+                                       share_warm_start=s.share_warm_start)
     return tune.with_resources(with_params, {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
 
 
@@ -107,8 +108,10 @@ def _max_epochs(cfg: SearchConfig) -> int:
     return max(epochs)
 
 
-def build_tuner(cfg: SearchConfig, experiment_dir: Path, name: str) -> tune.Tuner:
-    """A Tuner for a new search; writes the experiment's metadata file first."""
+def build_tuner(cfg: SearchConfig, experiment_dir: Path, name: str,
+                callbacks: list[tune.Callback] | None = None) -> tune.Tuner:
+    """A Tuner for a new search; writes the experiment's metadata file first. ``callbacks``
+    (Tune callbacks) watch it from the driver, e.g. to time it."""
     s = cfg.search
     experiment_dir.mkdir(parents=True, exist_ok=True)
     study_name = f"clustune-{name}"
@@ -145,7 +148,7 @@ def build_tuner(cfg: SearchConfig, experiment_dir: Path, name: str) -> tune.Tune
             num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric,
             checkpoint_score_order=s.mode, checkpoint_frequency=1, checkpoint_at_end=False),
         failure_config=tune.FailureConfig(max_failures=s.max_failures),
-        verbose=1)
+        callbacks=callbacks, verbose=1)
     return tune.Tuner(_trainable(cfg, experiment_dir), tune_config=tune_config,
                       run_config=run_config)
 

@@ -95,6 +95,7 @@ class Trainer:
         self.clusters: Clusters | None = None
         self.sampler: ClusterSampler | None = None
         self._free_delta: torch.Tensor | None = None
+        self._free_batch: Batch | None = None
         self.epoch = 0
         if cfg.warm_start.checkpoint:
             state = load_checkpoint(cfg.warm_start.checkpoint, self.device)
@@ -180,41 +181,44 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
 
-    def train_epoch(self) -> dict[str, Any]:
-        """One epoch: refresh clusters, train, evaluate; returns this epoch's metrics."""
-        start = time.perf_counter()
+    def train_batch(self, index: int = 0) -> dict[str, float]:
+        """One optimiser step on a fresh batch (free mode: one replay of the batch, which is
+        drawn anew every ``free_replays`` indices); returns its loss terms."""
         cfg = self.cfg
         if cfg.is_clustering and self.clusters is None:
             self.refresh_clusters()  # once before training
-        objective = OBJECTIVES[cfg.objective.variant]
-        free = cfg.objective.variant == "magnet_adv" and cfg.objective.adv_mode == "free"
+        self.model.train()
+        if cfg.objective.variant == "magnet_adv" and cfg.objective.adv_mode == "free":
+            if index % cfg.objective.free_replays == 0 or self._free_batch is None:
+                self._free_batch = self._clustering_batch()
+            batch = self._free_batch
+            if self._free_delta is None or self._free_delta.shape != batch.x.shape:
+                self._free_delta = torch.zeros_like(batch.x)
+            self.optimizer.zero_grad(set_to_none=True)
+            (loss, terms, per), self._free_delta = free_magnet_adv_replay(batch, self._free_delta)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss became {loss.item()} at epoch {self.epoch + 1}")
+            self.optimizer.step()
+        else:
+            if cfg.is_clustering:
+                batch = self._clustering_batch()
+            else:
+                x, y = self._random_batch()
+                batch = Batch(self.model, None, cfg, x, y, None, None, self.generator)
+            loss, terms, per = OBJECTIVES[cfg.objective.variant](batch)
+            self._step(loss)
+        if per is not None:
+            self.sampler.record(batch.batch_clusters, per)
+        return {"loss": loss.item(), **terms}
+
+    def train_epoch(self) -> dict[str, Any]:
+        """One epoch: train, refresh clusters, evaluate; returns this epoch's metrics."""
+        start = time.perf_counter()
+        cfg = self.cfg
         totals: dict[str, float] = {}
         n_batches = self._batches_per_epoch()
-        self.model.train()
-        batch: Batch | None = None
         for i in range(n_batches):
-            if free:
-                if i % cfg.objective.free_replays == 0:
-                    batch = self._clustering_batch()
-                if self._free_delta is None or self._free_delta.shape != batch.x.shape:
-                    self._free_delta = torch.zeros_like(batch.x)
-                self.optimizer.zero_grad(set_to_none=True)
-                (loss, terms, per), self._free_delta = free_magnet_adv_replay(
-                    batch, self._free_delta)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"loss became {loss.item()} at epoch {self.epoch + 1}")
-                self.optimizer.step()
-            else:
-                if cfg.is_clustering:
-                    batch = self._clustering_batch()
-                else:
-                    x, y = self._random_batch()
-                    batch = Batch(self.model, None, cfg, x, y, None, None, self.generator)
-                loss, terms, per = objective(batch)
-                self._step(loss)
-            if per is not None:
-                self.sampler.record(batch.batch_clusters, per)
-            for k, v in {"loss": loss.item(), **terms}.items():
+            for k, v in self.train_batch(i).items():
                 totals[k] = totals.get(k, 0.0) + v
             self.progress(f"epoch {self.epoch + 1}", i + 1, n_batches)
         if self.scheduler:

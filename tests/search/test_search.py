@@ -84,3 +84,14 @@ def test_restored_trial_continues_identically(ray_session, tmp_path, digits_sear
         assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key
     first.stop()
     second.stop()
+
+
+def test_unshared_warm_start_trains_in_every_trial(ray_session, tmp_path, digits_search):
+    """share_warm_start: false (the benchmark's baseline) leaves no shared file: each trial's
+    Trainer runs its own CE epochs, and the search still completes."""
+    data = digits_search(num_samples=2, share_warm_start=False)
+    data["train"]["optim"]["epochs"] = 1
+    experiment = run_search(_config(data), tmp_path / "unshared")
+    assert not (experiment.path / "warm_start").exists()
+    assert [t.status for t in experiment.trials] == ["TERMINATED"] * 2
+    assert all(t.epochs == 1 for t in experiment.trials)
