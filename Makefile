@@ -5,13 +5,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: search test lint data browser
+.PHONY: search test bench lint data browser
 
 search: $(STAMP) $(FASHION_MNIST)
 	$(BIN)/clustune search --preset quick $(ARGS)
 
 test: $(STAMP) $(FASHION_MNIST) browser
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# benchmarks (docs/performance.md): prints a table, writes bench/results.json; about 20 minutes
+bench: $(STAMP) $(FASHION_MNIST)
+	$(BIN)/python bench/bench.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

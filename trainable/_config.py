@@ -103,11 +103,12 @@ class EvalConfig(_Section):
 
 
 class FastPathConfig(_Section):
-    """Speed options for GPUs; each is tested to match the plain path within tolerance. The
-    final-stage AutoAttack always runs the plain float32 model."""
+    """Speed options, each tested to match the plain path within tolerance. The final-stage
+    AutoAttack runs the float32 model: it keeps channels_last (a memory layout), never bf16 or
+    compile. Which option pays where: docs/performance.md (bench/bench.py)."""
 
     amp: Literal["off", "bf16"] = "off"  # bf16 autocast of the backbone (losses stay float32)
-    channels_last: bool = False  # NHWC weights and activations (tensor cores, cuDNN)
+    channels_last: bool = False  # NHWC layout: GPUs; also the small CNN on CPUs (1.3-1.7x)
     compile: bool = False  # torch.compile the backbone (compiles on the first batches)
 
 

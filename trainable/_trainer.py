@@ -402,6 +402,8 @@ def load_classifier(path: str | Path, head: str | None = None,
     model = build_backbone(cfg.model.arch, channels, cfg.num_classes, mean, std,
                            cfg.model.width, cfg.model.embedding_dim).to(device)
     model.load_state_dict(state["model"])
+    # a memory layout, not a change of numerics: evaluation keeps it, but never bf16 or compile
+    model.use_fast_path(channels_last=cfg.fast.channels_last)
     cluster_head = None
     if cfg.is_clustering:
         kind = head or state["head_kind"]

@@ -1,0 +1,63 @@
+"""The benchmark's FLOP accounting against a hand count, and its search-efficiency measure."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainable import Trainer, apply_overrides, build_config
+
+_spec = importlib.util.spec_from_file_location(
+    "clustune_bench", Path(__file__).parents[1] / "bench" / "bench.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def _small_cnn_forward_flops(width: int, emb: int, classes: int, side: int = 28) -> dict:
+    """Multiply-adds x 2 of SmallCNN's four 3x3 convolutions and two linear layers."""
+    w, half, quarter = width, side // 2, side // 4
+    return {
+        "conv1": 2 * side * side * w * 1 * 9,
+        "rest": 2 * (half * half * w * w * 9 + half * half * 2 * w * w * 9
+                     + quarter * quarter * 2 * w * 2 * w * 9 + 2 * w * 16 * emb + emb * classes),
+    }
+
+
+@pytest.mark.parametrize("width", [8, 16])
+def test_ce_step_flops_match_the_hand_count(width: int) -> None:
+    """One CE step = forward + backward (2x forward), less the input gradient of the first
+    convolution, which nothing asks for."""
+    cfg = build_config(apply_overrides(bench.FMNIST, {
+        "data": {"train_subset": 2000}, "model": {"width": width, "embedding_dim": 32},
+        "objective": {"variant": "ce"}, "device": "cpu"}))
+    trainer = Trainer(cfg)
+    f = _small_cnn_forward_flops(width, 32, 10)
+    per_image = 3 * (f["conv1"] + f["rest"]) - f["conv1"]
+    assert bench.step_flops(trainer) == per_image * cfg.batch_size
+
+
+def test_trial_epochs_to_reach_counts_results_in_arrival_order() -> None:
+    log = bench.ResultLog()
+    for t, acc in enumerate([0.1, 0.3, 0.2, 0.5, 0.4]):
+        log.results.append((float(t), "trial", {"val_robust_acc": acc}))
+    assert bench._trial_epochs_to_reach(log, 0.3) == 2
+    assert bench._trial_epochs_to_reach(log, 0.45) == 4
+    assert bench._trial_epochs_to_reach(log, 0.9) is None
+
+
+def test_matmul_peak_is_positive_and_finite() -> None:
+    peak = bench.matmul_peak(torch.device("cpu"), n=256)
+    assert 1e6 < peak < 1e14
+
+
+def test_markdown_renders_every_row() -> None:
+    record = {"rows": [{"section": "ray", "name": "  overhead", "value": 1.0412, "unit": "ratio",
+                        "target": "<= 1.10", "detail": "x"},
+                       {"section": "gpu", "name": "none", "value": None, "unit": "",
+                        "target": "", "detail": ""}]}
+    lines = bench.markdown(record).splitlines()
+    assert lines[2] == "| ray | overhead | 1.04 | ratio | <= 1.10 | x |"
+    assert lines[3] == "| gpu | none | - |  |  |  |"
