@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -86,12 +87,20 @@ def test_restored_trial_continues_identically(ray_session, tmp_path, digits_sear
     second.stop()
 
 
-def test_unshared_warm_start_trains_in_every_trial(ray_session, tmp_path, digits_search):
-    """share_warm_start: false (the benchmark's baseline) leaves no shared file: each trial's
-    Trainer runs its own CE epochs, and the search still completes."""
-    data = digits_search(num_samples=2, share_warm_start=False)
-    data["train"]["optim"]["epochs"] = 1
-    experiment = run_search(_config(data), tmp_path / "unshared")
-    assert not (experiment.path / "warm_start").exists()
-    assert [t.status for t in experiment.trials] == ["TERMINATED"] * 2
-    assert all(t.epochs == 1 for t in experiment.trials)
+@pytest.mark.parametrize("shared", [True, False])
+def test_share_warm_start_reaches_the_trial(ray_session, tmp_path, digits_search, shared):
+    """share_warm_start: false (the benchmark's baseline) makes every trial train its own CE
+    warm start; true points it at the experiment's shared file."""
+    from search._tuner import _trainable
+
+    cfg = _config(digits_search(share_warm_start=shared))
+    trial = _trainable(cfg, tmp_path)(config={"clusters.k": 1, "clusters.l": 5,
+                                              "objective.lam": 1.0})
+    warm = trial.cfg.warm_start
+    if shared:
+        assert warm.ce_epochs == 0 and Path(warm.checkpoint).parent == tmp_path / "warm_start"
+    else:
+        assert warm.ce_epochs == 1 and warm.checkpoint is None
+        assert not (tmp_path / "warm_start").exists()
+    assert trial.train()["val_clean_acc"] > 0
+    trial.stop()
