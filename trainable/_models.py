@@ -33,12 +33,11 @@ class Backbone(nn.Module):
 
     def use_fast_path(self, amp: str = "off", channels_last: bool = False,
                       compile: bool = False) -> Backbone:
-        """GPU speed options (``fast`` in the config). The embedding stays float32, so heads,
-        losses and attacks are unchanged; only the convolutions run faster."""
+        """Speed options (``fast`` in the config). The embedding stays float32, so heads,
+        losses and attacks are unchanged; only the convolutions run differently."""
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16}[amp]
         self.channels_last = channels_last
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        self.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         self._compiled_features = torch.compile(self.features) if compile else None
         return self
 
