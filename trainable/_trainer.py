@@ -174,9 +174,12 @@ class Trainer:
         return Batch(self.model, self.head, self.cfg, self._images(idx), y, batch_cluster,
                      cluster_class, self.generator, batch_clusters)
 
-    def _step(self, loss: torch.Tensor) -> None:
+    def _check_finite(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss.item()} at epoch {self.epoch + 1}")
+
+    def _step(self, loss: torch.Tensor) -> None:
+        self._check_finite(loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -196,8 +199,7 @@ class Trainer:
                 self._free_delta = torch.zeros_like(batch.x)
             self.optimizer.zero_grad(set_to_none=True)
             (loss, terms, per), self._free_delta = free_magnet_adv_replay(batch, self._free_delta)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} at epoch {self.epoch + 1}")
+            self._check_finite(loss)  # the replay ran backward itself
             self.optimizer.step()
         else:
             if cfg.is_clustering:
