@@ -20,10 +20,10 @@ import yaml
 
 from trainable import atomic_write_bytes, atomic_write_text
 
-from ._results import Experiment, TrialRecord, load_experiment
+from ._results import Experiment, ExperimentError, TrialRecord, load_experiment
 
 __all__ = ["EXPORT_SCHEMA_VERSION", "TRIALS_SCHEMA", "EPOCHS_SCHEMA", "TRIAL_METRICS",
-           "export_experiment", "best_configs"]
+           "export_experiment", "load_export", "best_configs"]
 
 EXPORT_SCHEMA_VERSION = "clustune-export-v1"
 TRIAL_METRICS = ("val_clean_acc", "val_pgd_acc", "val_robust_acc", "sigma2", "val_margin")
@@ -41,8 +41,12 @@ TRIALS_SCHEMA = pa.schema([
 ])
 """Fixed columns of trials.parquet; then ``param.<name>`` by name, then ``aa.<head>.*``."""
 
-AA_FIELDS = {"clean_acc": pa.float64(), "autoattack_acc": pa.float64(),
-             "flags": pa.list_(pa.string())}
+AA_FIELDS = {"n_examples": pa.int64(), "eps": pa.float64(), "version": pa.string(),
+             "clean_acc": pa.float64(), "autoattack_acc": pa.float64(),
+             "ce_only_acc": pa.float64(), "adaptive_acc": pa.float64(),
+             "per_attack_acc": pa.map_(pa.string(), pa.float64()),
+             "flags": pa.list_(pa.string()), "wall_time_s": pa.float64()}
+"""The final stage's summary per head (the result's field names; flags: masking_flags)."""
 
 EPOCHS_SCHEMA = pa.schema([
     pa.field("trial_id", pa.string(), nullable=False),
@@ -95,7 +99,8 @@ def _parquet(table: pa.Table, path: Path) -> None:
 def _metadata(experiment: Experiment) -> dict[str, str]:
     return {"clustune.schema": EXPORT_SCHEMA_VERSION,
             "clustune.experiment": experiment.name,
-            "clustune.metric": experiment.metric, "clustune.mode": experiment.mode}
+            "clustune.metric": experiment.metric, "clustune.mode": experiment.mode,
+            "clustune.meta": json.dumps(experiment.meta, sort_keys=True)}
 
 
 def _trials_table(experiment: Experiment) -> pa.Table:
@@ -127,7 +132,10 @@ def _trials_table(experiment: Experiment) -> pa.Table:
             name = f"aa.{head}.{key}"
             fields.append(pa.field(name, kind))
             source = "masking_flags" if key == "flags" else key
-            columns[name] = [finals.get((t.trial_id, head), {}).get(source) for t in trials]
+            values = [finals.get((t.trial_id, head), {}).get(source) for t in trials]
+            if key == "per_attack_acc":
+                values = [None if v is None else list(v.items()) for v in values]
+            columns[name] = values
     schema = pa.schema(fields, metadata=_metadata(experiment))
     return pa.table({f.name: columns[f.name] for f in fields}, schema=schema)
 
@@ -154,6 +162,58 @@ def export_experiment(path: str | Path, out: str | Path | None = None) -> dict[s
     _parquet(_trials_table(experiment), written["trials"])
     _parquet(_epochs_table(experiment), written["epochs"])
     return written
+
+
+def _finals_from(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """The aa.<head>.* columns back as final-stage results (the summary fields only)."""
+    heads = sorted({n.split(".")[1] for n in names if n.startswith("aa.")})
+    finals = []
+    for row in rows:
+        for head in heads:
+            if row.get(f"aa.{head}.autoattack_acc") is None:
+                continue
+            result: dict[str, Any] = {"trial_id": row["trial_id"], "head": head}
+            for key in AA_FIELDS:
+                value = row.get(f"aa.{head}.{key}")
+                if key == "per_attack_acc":
+                    value = dict(value or [])
+                result["masking_flags" if key == "flags" else key] = value
+            finals.append(result)
+    return finals
+
+
+def load_export(path: str | Path) -> Experiment:
+    """An experiment read back from its Parquet export alone (trials.parquet, epochs.parquet):
+    what `clustune report` needs to rebuild the tables from committed result files."""
+    path = Path(path)
+    try:
+        trials = pq.read_table(path / "trials.parquet")
+        epochs = pq.read_table(path / "epochs.parquet")
+    except (OSError, pa.ArrowException) as err:
+        raise ExperimentError(f"{path} holds no readable clustune export ({err})") from None
+    metadata = trials.schema.metadata or {}
+    if metadata.get(b"clustune.schema") != EXPORT_SCHEMA_VERSION.encode() or \
+            b"clustune.meta" not in metadata:
+        raise ExperimentError(f"{path / 'trials.parquet'} is not a {EXPORT_SCHEMA_VERSION} "
+                              "export of clustune 0.2 or later (re-export the experiment)")
+    histories: dict[str, list[dict[str, Any]]] = {}
+    for row in epochs.to_pylist():
+        history = histories.setdefault(row.pop("trial_id"), [])
+        history.append({"training_iteration": row.pop("epoch"),
+                        **{k: v for k, v in row.items() if v is not None}})
+    rows = trials.to_pylist()
+    records, configs = [], {}
+    for row in rows:
+        tid = row["trial_id"]
+        history = histories.get(tid, [])
+        if row["diverged"] and history:
+            history[-1]["diverged"] = row["diverged"]
+        params = {k.removeprefix("param."): v for k, v in row.items()
+                  if k.startswith("param.") and v is not None}
+        records.append(TrialRecord(tid, path, row["status"], params, history, row["error"]))
+        configs[tid] = json.loads(row["config_json"])
+    return Experiment(path, json.loads(metadata[b"clustune.meta"]), records, configs=configs,
+                      finals=_finals_from(rows, trials.schema.names))
 
 
 def _header(experiment: Experiment, trial: TrialRecord, rank: int, top: int,

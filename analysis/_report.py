@@ -1,4 +1,5 @@
-"""One self-contained HTML report of an experiment, readable offline (plotly.js is inlined once).
+"""An experiment's report: one self-contained HTML file, readable offline (plotly.js is inlined
+once), or its tables alone as Markdown, to commit beside exported results and quote in documents.
 
 It shows what a search found and how far to trust it: the clean/robust Pareto front, which
 parameters mattered, learning curves of the best trials, the AutoAttack results with their
@@ -11,6 +12,7 @@ from __future__ import annotations
 import html
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ __all__ = ["write_report"]
 CURVES = 5  # trials in the learning curves
 TABLE_ROWS = 20  # trials in the paper-style table (AutoAttack-evaluated ones always shown)
 FINISHED = ("TERMINATED", "ERROR")
+FLAGS = "masking flags"
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -54,15 +57,6 @@ def _pct(v: Any) -> str:
     return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "-"
 
 
-def _table(header: list[str], rows: list[list[str]], numeric: tuple[int, ...] = ()) -> str:
-    """rows hold HTML already escaped; columns in numeric are right-aligned."""
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>"
-                         for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _figure(fig: go.Figure) -> str:
     return pio.to_html(fig, full_html=False, include_plotlyjs=False,
                        config={"displaylogo": False, "responsive": True})
@@ -71,11 +65,6 @@ def _figure(fig: go.Figure) -> str:
 def _params(trial: TrialRecord) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                      for k, v in trial.params.items())
-
-
-def _flags(result: dict[str, Any]) -> str:
-    flags = result.get("masking_flags") or []
-    return f'<span class="flag">{_esc(", ".join(flags))}</span>' if flags else "none"
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
@@ -111,6 +100,9 @@ def _pareto(experiment: Experiment) -> str:
 
 
 def _importances(experiment: Experiment) -> str:
+    if experiment.exported:
+        return _note("An export holds no Optuna study: the experiment folder's own report "
+                     "shows the importances.")
     storage = experiment.study_storage
     if storage is None:
         return _note("No optuna.db in the experiment folder yet.")
@@ -157,107 +149,211 @@ def _curves(experiment: Experiment) -> str:
     return _figure(fig)
 
 
-def _autoattack(finals: list[dict[str, Any]]) -> str:
-    if not finals:
-        return _note("No AutoAttack results yet: the final stage writes "
-                     "final/<trial>-<head>.json once the search has finished.")
+@dataclass
+class _Table:
+    """A table as plain text, rendered to HTML or Markdown."""
+
+    header: list[str]
+    rows: list[list[str]]
+    numeric: tuple[int, ...] = ()  # right-aligned columns
+    note: str = ""
+
+
+def _html_table(table: _Table) -> str:
+    """Cells are escaped here; a non-empty masking-flags cell is shown as a warning."""
+    flag_col = table.header.index(FLAGS) if FLAGS in table.header else -1
+
+    def cell(i: int, text: str) -> str:
+        body = _esc(text)
+        if i == flag_col and text not in ("none", "-"):
+            body = f'<span class="flag">{body}</span>'
+        return f'<td class="num">{body}</td>' if i in table.numeric else f"<td>{body}</td>"
+
+    head = "".join(f"<th>{_esc(h)}</th>" for h in table.header)
+    body = "".join("<tr>" + "".join(cell(i, c) for i, c in enumerate(row)) + "</tr>"
+                   for row in table.rows)
+    html_table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return html_table + (_note(table.note) if table.note else "")
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(table: _Table) -> str:
+    lines = ["| " + " | ".join(_md_cell(h) for h in table.header) + " |",
+             "|" + "|".join("---:" if i in table.numeric else "---"
+                            for i in range(len(table.header))) + "|"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+    return "\n".join(lines) + "\n" + (f"\n*{table.note}*\n" if table.note else "")
+
+
+def _flag_text(result: dict[str, Any]) -> str:
+    return ", ".join(result.get("masking_flags") or []) or "none"
+
+
+def _own_head(experiment: Experiment, trial: TrialRecord) -> str:
+    cfg = experiment.trial_config(trial)
+    return cfg.clusters.head if cfg.is_clustering else "linear"
+
+
+def _variant(experiment: Experiment, trial: TrialRecord) -> str:
+    return trial.params.get("point") or \
+        f"{experiment.trial_config(trial).objective.variant} ({_params(trial)})"
+
+
+def _table_order(experiment: Experiment) -> list[TrialRecord]:
+    """A search over fixed points keeps the points' order (the paper's rows); a search over a
+    space ranks trials by the metric."""
+    ranked = experiment.ranked()
+    points = list(experiment.meta["config"].get("points") or {})
+    if points:
+        ranked.sort(key=lambda t: points.index(t.params["point"])
+                    if t.params.get("point") in points else len(points))
+    return ranked
+
+
+def _autoattack_table(finals: list[dict[str, Any]]) -> _Table:
     attacks = list(dict.fromkeys(a for r in finals for a in r.get("per_attack_acc") or {}))
     header = ["trial", "head", "examples", "eps", "clean", "AutoAttack", "CE-only",
-              *[f"after {a}" for a in attacks], "masking flags"]
-    rows = [[_esc(r["trial_id"]), _esc(r["head"]), _esc(r.get("n_examples", "-")),
-             _esc(f"{r['eps']:.4g}" if isinstance(r.get("eps"), float) else r.get("eps", "-")),
+              *[f"after {a}" for a in attacks], "adaptive", "time (min)", FLAGS]
+    rows = [[r["trial_id"], r["head"], str(r.get("n_examples", "-")),
+             f"{r['eps']:.4g}" if isinstance(r.get("eps"), float) else str(r.get("eps", "-")),
              _pct(r.get("clean_acc")), _pct(r.get("autoattack_acc")), _pct(r.get("ce_only_acc")),
-             *[_pct((r.get("per_attack_acc") or {}).get(a)) for a in attacks], _flags(r)]
+             *[_pct((r.get("per_attack_acc") or {}).get(a)) for a in attacks],
+             _pct(r.get("adaptive_acc")), _minutes(r.get("wall_time_s")), _flag_text(r)]
             for r in finals]
-    numeric = tuple(range(2, len(header) - 1))
-    return _table(header, rows, numeric) + _note(
-        "Accuracies in % on the test points. A flag means a gradient-masking symptom (e.g. "
-        "ce_gap: CE-only PGD is much weaker than the full ensemble): do not trust the PGD "
-        "numbers of that model.")
+    return _Table(header, rows, tuple(range(2, len(header) - 1)),
+                  "Accuracies in % on the test points. A flag means a gradient-masking symptom "
+                  "(e.g. ce_gap: CE-only PGD is much weaker than the full ensemble): do not "
+                  "trust the PGD numbers of that model.")
 
 
-def _paper_table(experiment: Experiment, finals: list[dict[str, Any]]) -> str:
-    ranked = experiment.ranked()
-    if not ranked:
-        return _note("No trial has finished an epoch yet.")
+def _paper_table(experiment: Experiment, finals: list[dict[str, Any]]) -> _Table | str:
+    order = _table_order(experiment)
+    if not order:
+        return "No trial has finished an epoch yet."
     by_trial: dict[str, list[dict[str, Any]]] = {}
     for r in finals:
         by_trial.setdefault(r["trial_id"], []).append(r)
-    shown = [t for i, t in enumerate(ranked) if i < TABLE_ROWS or t.trial_id in by_trial]
+    shown = [t for i, t in enumerate(order) if i < TABLE_ROWS or t.trial_id in by_trial]
     rows = []
     for t in shown:
-        cfg = experiment.trial_config(t)
-        variant = _esc(t.params.get("point") or f"{cfg.objective.variant} ({_params(t)})")
-        for r in by_trial.get(t.trial_id, []):
-            flags = "; flags: " + _flags(r) if r.get("masking_flags") else ""
-            rows.append([variant, _esc(t.trial_id), _pct(r.get("clean_acc")),
-                         _pct(r.get("autoattack_acc")),
-                         _esc(f"AutoAttack, {r['head']} head, {r.get('n_examples', '?')} test "
-                              f"points") + flags])
+        variant = _variant(experiment, t)
+        for r in sorted(by_trial.get(t.trial_id, []), key=lambda r: r["head"]):
+            rows.append([variant, t.trial_id, r["head"], _pct(r.get("clean_acc")),
+                         _pct(r.get("ce_only_acc")), _pct(r.get("autoattack_acc")),
+                         _flag_text(r), f"{r.get('n_examples', '?')} test images"])
         if t.trial_id not in by_trial:
+            cfg = experiment.trial_config(t)
             best = t.best(experiment.metric, experiment.mode)
-            rows.append([variant, _esc(t.trial_id), _pct(best.get("val_clean_acc")),
-                         _pct(best.get("val_robust_acc")),
-                         _esc(f"PGD-{cfg.eval.pgd_steps} on {cfg.eval.examples} validation "
-                              f"points (val_robust_acc, best epoch)")])
-    more = f" {len(ranked) - len(shown)} lower-ranked trials are left out." \
-        if len(shown) < len(ranked) else ""
-    return _table(["variant", "trial", "clean (%)", "robust (%)", "robust measured by"], rows,
-                  (2, 3)) + _note(
-        "As in the paper's table: clean and robust accuracy per variant. Robust is AutoAttack "
-        "(test set) where the final stage evaluated the trial, else the validation PGD proxy "
-        "the search optimised, which overstates robustness for gradient-masked models." + more)
+            rows.append([variant, t.trial_id, _own_head(experiment, t),
+                         _pct(best.get("val_clean_acc")), _pct(best.get("val_pgd_acc")), "-",
+                         "-", f"{cfg.eval.examples} validation images, PGD-{cfg.eval.pgd_steps}"])
+    more = f" {len(order) - len(shown)} lower-ranked trials are left out." \
+        if len(shown) < len(order) else ""
+    return _Table(["variant", "trial", "head", "clean (%)", "PGD-CE (%)", "AutoAttack (%)",
+                   FLAGS, "measured on"], rows, (3, 4, 5),
+                  "As in the paper's table: clean accuracy, robust accuracy under a CE-only "
+                  "attack (APGD-CE on the test images where the final stage ran, else the "
+                  "search's validation PGD on the trial's own head at its kept epoch) and under "
+                  "AutoAttack. A masked model looks robust to the CE-only attack and not to "
+                  "AutoAttack." + more)
 
 
-def _trials(experiment: Experiment) -> str:
+def _trials_table(experiment: Experiment) -> _Table:
     ranked = experiment.ranked()
-    order = ranked + [t for t in experiment.trials if t not in ranked]
     rows = []
-    for t in order:
+    for t in ranked + [t for t in experiment.trials if t not in ranked]:
         best = t.best(experiment.metric, experiment.mode)
-        rows.append([_esc(t.trial_id), _esc(t.status), _esc(t.epochs),
-                     _pct(best.get("val_clean_acc")), _pct(best.get("val_robust_acc")),
-                     _esc(_params(t)), f'<span class="flag">{_esc(t.problem or "")}</span>'])
-    return _table(["trial", "status", "epochs", "best clean (%)", "best robust (%)", "params",
-                   "problem"], rows, (2, 3, 4))
+        rows.append([t.trial_id, _variant(experiment, t), t.status, str(t.epochs),
+                     _pct(best.get("val_clean_acc")), _pct(best.get("val_pgd_acc")),
+                     _pct(best.get("val_robust_acc")), _minutes(t.last.get("time_total_s")),
+                     t.problem or ""])
+    return _Table(["trial", "variant", "status", "epochs", "best clean (%)", "best PGD (%)",
+                   "best robust (%)", "time (min)", "problem"], rows, (3, 4, 5, 6, 7),
+                  "Validation accuracies at each trial's best epoch on the search metric; PGD: "
+                  "the trial's own head; robust: every evaluation attack (the search metric's "
+                  "proxy). Time: the trial's training and validation, warm start excluded.")
 
 
-def _summary(experiment: Experiment) -> str:
+def _summary_items(experiment: Experiment) -> list[tuple[str, str]]:
     meta, search = experiment.meta, experiment.meta["config"]["search"]
+    optim = meta["config"]["train"].get("optim", {})
     counts: dict[str, int] = {}
     for t in experiment.trials:
         counts[t.status] = counts.get(t.status, 0) + 1
     unfinished = sum(n for s, n in counts.items() if s not in FINISHED)
     state = (f"still running or interrupted: {unfinished} of {len(experiment.trials)} trials "
              f"unfinished" if unfinished else "finished")
-    items = [("experiment", f"{experiment.name} ({experiment.path})"),
-             ("created", meta.get("created", "-")),
-             ("search", f"sampler {search['sampler']}, scheduler {search['scheduler']}, "
-                        f"metric {search['metric']} ({search['mode']})"),
-             ("trials", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet"),
-             ("state", state),
-             ("report written", time.strftime("%Y-%m-%d %H:%M:%S"))]
-    return "<ul>" + "".join(f"<li><b>{_esc(k)}</b>: {_esc(v)}</li>" for k, v in items) + "</ul>"
+    trial_time = sum(t.last.get("time_total_s") or 0.0 for t in experiment.trials)
+    final_time = sum(r.get("wall_time_s") or 0.0 for r in experiment.final_results())
+    return [("experiment", f"{experiment.name} ({experiment.path})"),
+            ("created", meta.get("created", "-")),
+            ("search", f"sampler {search['sampler']}, scheduler {search['scheduler']}, "
+                       f"metric {search['metric']} ({search['mode']}), "
+                       f"{search['max_concurrent']} trials at a time"),
+            ("budget per trial", f"{optim.get('epochs', '?')} epochs x "
+                                 f"{optim.get('batches_per_epoch', '?')} batches"),
+            ("trials", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet"),
+            ("state", state),
+            ("compute", f"{trial_time / 3600:.2f} trial-hours of training, "
+                        f"{final_time / 3600:.2f} hours of AutoAttack")]
 
 
-def write_report(path: str | Path, out: str | Path | None = None) -> Path:
-    """Write the experiment's HTML report to out (default: EXPERIMENT/report.html)."""
-    experiment = load_experiment(path)
-    out = Path(out) if out is not None else experiment.path / "report.html"
-    finals = experiment.final_results()
-    sections = [("Summary", _summary(experiment)),
-                ("Results in the paper's shape", _paper_table(experiment, finals)),
+def _minutes(seconds: Any) -> str:
+    return f"{seconds / 60:.1f}" if isinstance(seconds, (int, float)) else "-"
+
+
+def _html_section(content: _Table | str) -> str:
+    return _html_table(content) if isinstance(content, _Table) else _note(content)
+
+
+def _md_section(content: _Table | str) -> str:
+    return _md_table(content) if isinstance(content, _Table) else f"*{content}*\n"
+
+
+def _markdown(experiment: Experiment, finals: list[dict[str, Any]]) -> str:
+    """The report's tables as Markdown, a function of the experiment alone (no date), so
+    documents that quote it can be checked against the result files."""
+    summary = "".join(f"- **{k}**: {v}\n" for k, v in _summary_items(experiment))
+    sections = [("Results in the paper's shape", _paper_table(experiment, finals)),
+                ("AutoAttack (final stage)", _autoattack_table(finals) if finals else
+                 "No AutoAttack results yet."),
+                ("All trials", _trials_table(experiment))]
+    body = "".join(f"\n## {h}\n\n{_md_section(c)}" for h, c in sections)
+    return f"# clustune report: {experiment.name}\n\n{summary}{body}"
+
+
+def _html(experiment: Experiment, finals: list[dict[str, Any]]) -> str:
+    items = [*_summary_items(experiment), ("report written", time.strftime("%Y-%m-%d %H:%M:%S"))]
+    summary = "<ul>" + "".join(f"<li><b>{_esc(k)}</b>: {_esc(v)}</li>" for k, v in items) + \
+        "</ul>"
+    aa = _html_table(_autoattack_table(finals)) if finals else _note(
+        "No AutoAttack results yet: the final stage writes final/<trial>-<head>.json once the "
+        "search has finished.")
+    sections = [("Summary", summary),
+                ("Results in the paper's shape", _html_section(_paper_table(experiment, finals))),
                 ("Clean/robust Pareto front", _pareto(experiment)),
                 ("Parameter importances", _importances(experiment)),
                 ("Learning curves", _curves(experiment)),
-                ("AutoAttack (final stage)", _autoattack(finals)),
-                ("All trials", _trials(experiment))]
+                ("AutoAttack (final stage)", aa),
+                ("All trials", _html_table(_trials_table(experiment)))]
     title = f"clustune report: {experiment.name}"
     body = "".join(f"<section><h2>{_esc(h)}</h2>{content}</section>" for h, content in sections)
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f"<title>{_esc(title)}</title><style>{STYLE}</style>"
             f'<script type="text/javascript">{get_plotlyjs()}</script></head>'
             f"<body><h1>{_esc(title)}</h1>{body}</body></html>")
-    atomic_write_text(out, page)
-    return out
 
+
+def write_report(path: str | Path, out: str | Path | None = None) -> Path:
+    """Write the experiment's report to out (default: EXPERIMENT/report.html): one offline HTML
+    file with figures, or, when out ends in .md, its tables as Markdown. path may be an
+    experiment folder or a folder `clustune export` wrote."""
+    experiment = load_experiment(path)
+    out = Path(out) if out is not None else experiment.path / "report.html"
+    finals = experiment.final_results()
+    render = _markdown if out.suffix.lower() == ".md" else _html
+    atomic_write_text(out, render(experiment, finals))
+    return out

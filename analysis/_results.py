@@ -95,6 +95,8 @@ class Experiment:
     path: Path
     meta: dict[str, Any]
     trials: list[TrialRecord]
+    configs: dict[str, dict[str, Any]] | None = None  # trial id -> config (read from an export)
+    finals: list[dict[str, Any]] | None = None  # the final stage's results (read from an export)
 
     @property
     def metric(self) -> str:
@@ -109,6 +111,11 @@ class Experiment:
         return self.meta.get("name", self.path.name)
 
     @property
+    def exported(self) -> bool:
+        """Read back from a Parquet export: no checkpoints, no Optuna study, summaries only."""
+        return self.configs is not None
+
+    @property
     def study_storage(self) -> str | None:
         """The folder's own optuna.db (so a copied or moved experiment reads its own study,
         not the absolute path recorded in clustune.json); None before the study exists."""
@@ -116,11 +123,15 @@ class Experiment:
         return f"sqlite:///{db.resolve()}" if db.is_file() else None
 
     def trial_config(self, trial: TrialRecord) -> TrainConfig:
+        if self.configs is not None:
+            return TrainConfig.model_validate(self.configs[trial.trial_id])
         return resolve_trial_config(self.meta["base"], self.meta["config"].get("points", {}),
                               trial.params)
 
     def final_results(self) -> list[dict[str, Any]]:
         """The final stage's AutoAttack results (final/<trial_id>-<head>.json); [] before it."""
+        if self.finals is not None:
+            return self.finals
         results = []
         for file in sorted((self.path / "final").glob("*-*.json")):
             try:
@@ -194,8 +205,13 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 def load_experiment(path: str | Path) -> Experiment:
-    """Every trial of the experiment in path, with its per-epoch history and status."""
+    """Every trial of the experiment in path, with its per-epoch history and status; path may
+    also be a folder `clustune export` wrote (trials.parquet and epochs.parquet)."""
     path = Path(path)
+    if not (path / META_FILE).is_file() and (path / "trials.parquet").is_file():
+        from ._export import load_export  # the export module builds on this one
+
+        return load_export(path)
     meta = read_meta(path)
     statuses = _statuses(path)
     trials = []

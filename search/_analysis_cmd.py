@@ -106,12 +106,14 @@ def add_analysis_commands(sub) -> None:
                    "files an earlier `clustune best` wrote there are replaced")
     p.set_defaults(func=_cmd_best)
 
-    p = sub.add_parser("report", help="write a self-contained HTML report",
+    p = sub.add_parser("report", help="write a self-contained HTML (or Markdown) report",
                        description="Write one HTML file, readable offline: the clean/robust "
                        "Pareto front, parameter importances, learning curves, AutoAttack "
-                       "results with masking flags and a paper-style results table.")
-    p.add_argument("dir", help="the experiment folder")
-    p.add_argument("--out", metavar="FILE", help="output file (default: DIR/report.html)")
+                       "results with masking flags and a paper-style results table. With "
+                       "--out FILE.md, the tables alone as Markdown.")
+    p.add_argument("dir", help="the experiment folder, or a folder `clustune export` wrote")
+    p.add_argument("--out", metavar="FILE", help="output file, .html or .md (default: "
+                   "DIR/report.html)")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("dashboard", help="serve optuna-dashboard on the experiment's study",

@@ -24,7 +24,9 @@ from trainable import Trainer, load_config, resolve_trial_config
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "exports.md"
 PARAMS = ["param.clusters.k", "param.clusters.l", "param.objective.lam"]
-AA = ["aa.logprob.clean_acc", "aa.logprob.autoattack_acc", "aa.logprob.flags"]
+AA = [f"aa.logprob.{k}" for k in ("n_examples", "eps", "version", "clean_acc", "autoattack_acc",
+                                   "ce_only_acc", "adaptive_acc", "per_attack_acc", "flags",
+                                   "wall_time_s")]
 
 
 def _documented() -> set[str]:
@@ -58,6 +60,8 @@ def test_trials_parquet_has_exactly_the_documented_columns(finished_experiment, 
     assert schema.field("param.objective.lam").type == pa.float64()
     assert schema.field("aa.logprob.clean_acc").type == pa.float64()
     assert schema.field("aa.logprob.flags").type == pa.list_(pa.string())
+    assert schema.field("aa.logprob.n_examples").type == pa.int64()
+    assert schema.field("aa.logprob.per_attack_acc").type == pa.map_(pa.string(), pa.float64())
     assert schema.metadata[b"clustune.schema"] == b"clustune-export-v1"
     assert schema.metadata[b"clustune.metric"] == b"val_robust_acc"
     assert {_pattern(c) for c in schema.names} <= _documented()
@@ -83,6 +87,10 @@ def test_trials_parquet_values(finished_experiment, tmp_path):
     assert aa["aa.logprob.clean_acc"] == fake.aa_result["clean_acc"]
     assert aa["aa.logprob.autoattack_acc"] == fake.aa_result["autoattack_acc"]
     assert aa["aa.logprob.flags"] == ["ce_gap"]
+    assert aa["aa.logprob.ce_only_acc"] == fake.aa_result["ce_only_acc"]
+    assert aa["aa.logprob.n_examples"] == fake.aa_result["n_examples"]
+    assert dict(aa["aa.logprob.per_attack_acc"]) == fake.aa_result["per_attack_acc"]
+    assert aa["aa.logprob.adaptive_acc"] is None  # not in the result: not run
     others = [r for tid, r in rows.items() if tid != fake.aa_trial]
     assert all(r["aa.logprob.clean_acc"] is None for r in others)
 
@@ -104,6 +112,44 @@ def test_epochs_parquet(finished_experiment, tmp_path):
     rows = [r for r in table.to_pylist() if r["trial_id"] == fake.aa_trial]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert [r["val_robust_acc"] for r in rows] == fake.trials[fake.aa_trial][1]
+
+
+@pytest.mark.parametrize("running", [False, True])
+def test_an_export_reads_back_as_the_experiment(fake_experiment, tmp_path, running):
+    """load_experiment on an export folder gives the trials, histories, configs and final
+    results the experiment folder gives, and exporting it again writes the same tables."""
+    fake = fake_experiment(tmp_path, running=running)
+    original = load_experiment(fake.path)
+    written = export_experiment(fake.path, tmp_path / "export")
+    exported = load_experiment(tmp_path / "export")
+    assert exported.exported and not original.exported
+    assert exported.meta == original.meta and exported.name == original.name
+    numeric = {"training_iteration", "val_clean_acc", "val_pgd_acc", "val_robust_acc",
+               "train_loss", "sigma2", "val_margin", "time_total_s"}
+    for a, b in zip(original.trials, exported.trials, strict=True):
+        assert (a.trial_id, a.status, a.params, a.error) == (b.trial_id, b.status, b.params,
+                                                               b.error)
+        assert [{k: r[k] for k in numeric} for r in a.history] == \
+            [{k: r[k] for k in numeric} for r in b.history]
+        assert original.trial_config(a) == exported.trial_config(b)
+        assert a.best() == {} or a.best()["val_robust_acc"] == b.best()["val_robust_acc"]
+    assert [t.trial_id for t in exported.ranked()] == [t.trial_id for t in original.ranked()]
+    summary = ("trial_id", "head", "clean_acc", "autoattack_acc", "ce_only_acc", "n_examples",
+               "per_attack_acc", "masking_flags")
+    assert [{k: r[k] for k in summary} for r in exported.final_results()] == \
+        [{k: r[k] for k in summary} for r in original.final_results()]
+    again = export_experiment(tmp_path / "export", tmp_path / "again")
+    for name in ("trials", "epochs"):
+        assert pq.read_table(again[name]).equals(pq.read_table(written[name]))
+
+
+def test_an_export_of_another_kind_is_refused_in_one_line(tmp_path, capsys):
+    pq.write_table(pa.table({"trial_id": ["x"]}), tmp_path / "trials.parquet")
+    pq.write_table(pa.table({"trial_id": ["x"]}), tmp_path / "epochs.parquet")
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r.md")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "is not a clustune-export-v1 export" in err
+    assert not (tmp_path / "r.md").exists()
 
 
 def test_export_of_a_running_search(running_experiment, tmp_path):

@@ -11,7 +11,7 @@ import optuna_dashboard
 import pytest
 from plotly.offline import get_plotlyjs
 
-from analysis import write_report
+from analysis import export_experiment, write_report
 from analysis._report import pareto_front
 from search.cli import main
 
@@ -40,14 +40,66 @@ def test_report_of_a_finished_search(finished_report, finished_experiment):
     for tid in fake.trials:
         assert tid in page
     assert "Results in the paper&#x27;s shape" in page
-    # the evaluated trial's robust number is AutoAttack's, labelled, with its masking flag
-    assert "AutoAttack, logprob head, 100 test points; flags: " in page
-    assert '<span class="flag">ce_gap</span>' in page
-    assert "<td class=\"num\">62.0</td><td class=\"num\">4.0</td>" in page
+    # the evaluated trial: clean, CE-only and AutoAttack accuracy on the test images, flagged
+    assert (f"<td>{fake.aa_trial}</td><td>logprob</td><td class=\"num\">62.0</td>"
+            '<td class="num">27.0</td><td class="num">4.0</td>'
+            '<td><span class="flag">ce_gap</span></td><td>100 test images</td>') in page
     # the others fall back to the labelled validation PGD proxy
-    assert page.count("PGD-2 on 40 validation points") == len(fake.trials) - 1
+    assert page.count("40 validation images, PGD-2") == len(fake.trials) - 1
     assert "Hyperparameter Importances" in page and "Pareto front" in page
     assert "after apgd-t" in page and "finished" in page
+
+
+def _md_rows(text: str, section: str) -> list[list[str]]:
+    """The body rows of the Markdown table under the heading section."""
+    block = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in block.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[1:]]
+
+
+@pytest.mark.parametrize("source", ["experiment", "export"])
+def test_markdown_report(finished_experiment, tmp_path, source):
+    """The tables alone, from the experiment folder or from its Parquet export, with the
+    numbers of the result files; identical apart from the folder they name."""
+    fake = finished_experiment
+    path = fake.path
+    if source == "export":
+        path = export_experiment(fake.path, tmp_path / "export")["trials"].parent
+    text = write_report(path, tmp_path / "report.md").read_text()
+    assert text.startswith("# clustune report: fake\n") and "<" not in text
+    assert f"- **experiment**: fake ({path})" in text
+    aa = fake.aa_result
+    paper = _md_rows(text, "Results in the paper's shape")
+    evaluated = next(r for r in paper if r[1] == fake.aa_trial)
+    assert evaluated[2:] == ["logprob", f"{100 * aa['clean_acc']:.1f}",
+                             f"{100 * aa['ce_only_acc']:.1f}",
+                             f"{100 * aa['autoattack_acc']:.1f}", "ce_gap", "100 test images"]
+    assert len(paper) == len(fake.trials)
+    trials = {r[0]: r for r in _md_rows(text, "All trials")}
+    for tid, (_, curve) in fake.trials.items():
+        assert trials[tid][3] == str(len(curve))
+        assert trials[tid][6] == f"{100 * max(curve):.1f}"
+    (autoattack,) = _md_rows(text, "AutoAttack (final stage)")
+    assert autoattack[:3] == [fake.aa_trial, "logprob", "100"] and autoattack[-1] == "ce_gap"
+    if source == "export":
+        direct = write_report(fake.path, tmp_path / "direct.md").read_text()
+        assert text == direct.replace(str(fake.path), str(path))
+
+
+def test_points_keep_their_order_in_the_paper_table(fake_experiment, tmp_path):
+    fake = fake_experiment(tmp_path, points=True)
+    rows = _md_rows(write_report(fake.path, tmp_path / "r.md").read_text(),
+                    "Results in the paper's shape")
+    assert [r[0] for r in rows] == ["qtrades", "trades"]  # the preset's order, not the ranking
+
+
+def test_html_report_of_an_export(finished_experiment, tmp_path):
+    path = export_experiment(finished_experiment.path, tmp_path / "export")["trials"].parent
+    page = write_report(path).read_text()
+    assert (path / "report.html").is_file()
+    assert "An export holds no Optuna study" in page
+    assert _figures(page) == 2  # Pareto front and learning curves
+    assert '<span class="flag">ce_gap</span>' in page
 
 
 def test_report_of_a_running_search(running_experiment, tmp_path):
