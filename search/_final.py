@@ -49,11 +49,12 @@ def _heads_for(cfg: TrainConfig, heads: list[str] | None) -> list[str]:
 
 
 def _already_done(result: Path, examples: int, version: str) -> bool:
-    """A finished evaluation with the same budget is kept; another budget is re-run."""
+    """A finished evaluation of the same version on at least as many images is kept (the
+    larger one is the better estimate); a smaller one or another version is re-run."""
     if not result.is_file():
         return False
     done = load_result(result)
-    return done.n_examples == examples and done.version == version
+    return done.n_examples >= examples and done.version == version
 
 
 @ray.remote

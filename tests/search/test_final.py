@@ -30,7 +30,11 @@ def test_final_stage_evaluates_the_best_trials_with_autoattack(experiment):
         assert r.autoattack_acc <= r.clean_acc
         assert r.eps == pytest.approx(0.1)
     assert {r["head"] for r in after.final_results()} == {"logprob", "raw"}
-    # a second run keeps finished evaluations instead of repeating them
+    # a second run keeps finished evaluations instead of repeating them, and a smaller budget
+    # never replaces a larger one; a larger budget re-runs
     stamp = files[0].stat().st_mtime_ns
     run_final_stage(experiment.path, top_k=1, examples=8, heads=["logprob"])
+    run_final_stage(experiment.path, top_k=1, examples=4, heads=["logprob"])
     assert files[0].stat().st_mtime_ns == stamp
+    run_final_stage(experiment.path, top_k=1, examples=10, heads=["logprob"])
+    assert load_result(files[0]).n_examples == 10
