@@ -268,13 +268,16 @@ def _trials_table(experiment: Experiment) -> _Table:
         best = t.best(experiment.metric, experiment.mode)
         rows.append([t.trial_id, _variant(experiment, t), t.status, str(t.epochs),
                      _pct(best.get("val_clean_acc")), _pct(best.get("val_pgd_acc")),
-                     _pct(best.get("val_robust_acc")), _minutes(t.last.get("time_total_s")),
-                     t.problem or ""])
+                     _pct(best.get("val_robust_acc")), _num(best.get("val_margin")),
+                     _minutes(t.last.get("time_total_s")), t.problem or ""])
     return _Table(["trial", "variant", "status", "epochs", "best clean (%)", "best PGD (%)",
-                   "best robust (%)", "time (min)", "problem"], rows, (3, 4, 5, 6, 7),
-                  "Validation accuracies at each trial's best epoch on the search metric; PGD: "
+                   "best robust (%)", "margin", "time (min)", "problem"], rows,
+                  (3, 4, 5, 6, 7, 8),
+                  "Validation figures at each trial's best epoch on the search metric; PGD: "
                   "the trial's own head; robust: every evaluation attack (the search metric's "
-                  "proxy). Time: the trial's training and validation, warm start excluded.")
+                  "proxy); margin: the median embedding-space margin of the validation images "
+                  "(clustering variants). Time: the trial's training and validation, warm start "
+                  "excluded.")
 
 
 def _summary_items(experiment: Experiment) -> list[tuple[str, str]]:
@@ -299,6 +302,10 @@ def _summary_items(experiment: Experiment) -> list[tuple[str, str]]:
             ("state", state),
             ("compute", f"{trial_time / 3600:.2f} trial-hours of training, "
                         f"{final_time / 3600:.2f} hours of AutoAttack")]
+
+
+def _num(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, (int, float)) else "-"
 
 
 def _minutes(seconds: Any) -> str:
