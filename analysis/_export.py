@@ -100,7 +100,7 @@ def _metadata(experiment: Experiment) -> dict[str, str]:
     return {"clustune.schema": EXPORT_SCHEMA_VERSION,
             "clustune.experiment": experiment.name,
             "clustune.metric": experiment.metric, "clustune.mode": experiment.mode,
-            "clustune.meta": json.dumps(experiment.meta, sort_keys=True)}
+            "clustune.meta": json.dumps(experiment.meta)}  # key order kept: points are rows
 
 
 def _trials_table(experiment: Experiment) -> pa.Table:

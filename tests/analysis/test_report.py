@@ -3,6 +3,7 @@ report and dashboard commands."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -86,11 +87,18 @@ def test_markdown_report(finished_experiment, tmp_path, source):
         assert text == direct.replace(str(fake.path), str(path))
 
 
-def test_points_keep_their_order_in_the_paper_table(fake_experiment, tmp_path):
+@pytest.mark.parametrize("source", ["experiment", "export"])
+def test_points_keep_their_order_in_the_paper_table(fake_experiment, tmp_path, source):
     fake = fake_experiment(tmp_path, points=True)
-    rows = _md_rows(write_report(fake.path, tmp_path / "r.md").read_text(),
+    meta = json.loads((fake.path / "clustune.json").read_text())
+    meta["config"]["points"] = dict(reversed(meta["config"]["points"].items()))
+    (fake.path / "clustune.json").write_text(json.dumps(meta))
+    path = fake.path if source == "experiment" else \
+        export_experiment(fake.path, tmp_path / "export")["trials"].parent
+    rows = _md_rows(write_report(path, tmp_path / "r.md").read_text(),
                     "Results in the paper's shape")
-    assert [r[0] for r in rows] == ["qtrades", "trades"]  # the preset's order, not the ranking
+    # the preset's order: neither the ranking nor alphabetical
+    assert [r[0] for r in rows] == ["trades", "qtrades"]
 
 
 def test_html_report_of_an_export(finished_experiment, tmp_path):

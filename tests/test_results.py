@@ -1,0 +1,45 @@
+"""docs/results.md against the committed result files: each results/RUN/report.md is what
+`clustune report` regenerates from that run's Parquet export, and every table the document
+quotes is a verbatim excerpt of one of those reports."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from analysis import load_experiment, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = sorted(p.parent.relative_to(ROOT) for p in (ROOT / "results").glob("*/trials.parquet"))
+QUOTE = re.compile(r"<!-- quoted from (\S+) -->\n(.*?)<!-- end of quote -->", re.S)
+
+
+def test_there_are_results():
+    assert RUNS, "results/ holds no exported run"
+
+
+@pytest.mark.parametrize("run", RUNS, ids=lambda p: p.name)
+def test_committed_report_is_regenerated_from_the_export(run, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the report names the folder as given: results/RUN
+    fresh = write_report(run, tmp_path / "report.md").read_text()
+    assert (ROOT / run / "report.md").read_text() == fresh
+
+
+@pytest.mark.parametrize("run", RUNS, ids=lambda p: p.name)
+def test_every_run_finished_and_was_audited(run):
+    experiment = load_experiment(ROOT / run)
+    assert all(t.status == "TERMINATED" for t in experiment.trials)
+    finals = experiment.final_results()
+    assert finals and all(r["n_examples"] >= 500 and r["version"] == "standard"
+                          for r in finals)
+
+
+def test_results_doc_quotes_the_reports_verbatim():
+    doc = (ROOT / "docs" / "results.md").read_text()
+    quotes = QUOTE.findall(doc)
+    assert {Path(file).parent for file, _ in quotes} == set(RUNS), \
+        "docs/results.md quotes every run's report"
+    for file, text in quotes:
+        assert text.strip() and text.strip() in (ROOT / file).read_text(), file
