@@ -23,7 +23,7 @@ from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from trainable import atomic_write_text
+from trainable import TrainConfig, atomic_write_text
 
 from ._results import Experiment, TrialRecord, load_experiment
 
@@ -282,7 +282,7 @@ def _trials_table(experiment: Experiment) -> _Table:
 
 def _summary_items(experiment: Experiment) -> list[tuple[str, str]]:
     meta, search = experiment.meta, experiment.meta["config"]["search"]
-    optim = meta["config"]["train"].get("optim", {})
+    optim = TrainConfig.model_validate(meta["base"]).optim  # the base config, defaults filled
     counts: dict[str, int] = {}
     for t in experiment.trials:
         counts[t.status] = counts.get(t.status, 0) + 1
@@ -296,8 +296,8 @@ def _summary_items(experiment: Experiment) -> list[tuple[str, str]]:
             ("search", f"sampler {search['sampler']}, scheduler {search['scheduler']}, "
                        f"metric {search['metric']} ({search['mode']}), "
                        f"{search['max_concurrent']} trials at a time"),
-            ("budget per trial", f"{optim.get('epochs', '?')} epochs x "
-                                 f"{optim.get('batches_per_epoch', '?')} batches"),
+            ("budget per trial", f"{optim.epochs} epochs of {optim.batches_per_epoch} batches"
+             if optim.batches_per_epoch else f"{optim.epochs} full epochs"),
             ("trials", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet"),
             ("state", state),
             ("compute", f"{trial_time / 3600:.2f} trial-hours of training, "
