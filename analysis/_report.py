@@ -160,12 +160,12 @@ class _Table:
 
 
 def _html_table(table: _Table) -> str:
-    """Cells are escaped here; a non-empty masking-flags cell is shown as a warning."""
-    flag_col = table.header.index(FLAGS) if FLAGS in table.header else -1
+    """Cells are escaped here; masking flags and trial problems are shown as warnings."""
+    warn = {i for i, h in enumerate(table.header) if h in (FLAGS, "problem")}
 
     def cell(i: int, text: str) -> str:
         body = _esc(text)
-        if i == flag_col and text not in ("none", "-"):
+        if i in warn and text not in ("none", "-", ""):
             body = f'<span class="flag">{body}</span>'
         return f'<td class="num">{body}</td>' if i in table.numeric else f"<td>{body}</td>"
 
