@@ -213,17 +213,19 @@ def _table_order(experiment: Experiment) -> list[TrialRecord]:
     return ranked
 
 
-def _autoattack_table(finals: list[dict[str, Any]]) -> _Table:
+def _autoattack_table(experiment: Experiment, finals: list[dict[str, Any]]) -> _Table:
+    by_id = {t.trial_id: t for t in experiment.trials}
     attacks = list(dict.fromkeys(a for r in finals for a in r.get("per_attack_acc") or {}))
-    header = ["trial", "head", "examples", "eps", "clean", "AutoAttack", "CE-only",
+    header = ["trial", "variant", "head", "examples", "eps", "clean", "AutoAttack", "CE-only",
               *[f"after {a}" for a in attacks], "adaptive", "time (min)", FLAGS]
-    rows = [[r["trial_id"], r["head"], str(r.get("n_examples", "-")),
+    rows = [[r["trial_id"], _variant(experiment, by_id[r["trial_id"]])
+             if r["trial_id"] in by_id else "-", r["head"], str(r.get("n_examples", "-")),
              f"{r['eps']:.4g}" if isinstance(r.get("eps"), float) else str(r.get("eps", "-")),
              _pct(r.get("clean_acc")), _pct(r.get("autoattack_acc")), _pct(r.get("ce_only_acc")),
              *[_pct((r.get("per_attack_acc") or {}).get(a)) for a in attacks],
              _pct(r.get("adaptive_acc")), _minutes(r.get("wall_time_s")), _flag_text(r)]
             for r in finals]
-    return _Table(header, rows, tuple(range(2, len(header) - 1)),
+    return _Table(header, rows, tuple(range(3, len(header) - 1)),
                   "Accuracies in % on the test points. A flag means a gradient-masking symptom "
                   "(e.g. ce_gap: CE-only PGD is much weaker than the full ensemble): do not "
                   "trust the PGD numbers of that model.")
@@ -325,7 +327,7 @@ def _markdown(experiment: Experiment, finals: list[dict[str, Any]]) -> str:
     documents that quote it can be checked against the result files."""
     summary = "".join(f"- **{k}**: {v}\n" for k, v in _summary_items(experiment))
     sections = [("Results in the paper's shape", _paper_table(experiment, finals)),
-                ("AutoAttack (final stage)", _autoattack_table(finals) if finals else
+                ("AutoAttack (final stage)", _autoattack_table(experiment, finals) if finals else
                  "No AutoAttack results yet."),
                 ("All trials", _trials_table(experiment))]
     body = "".join(f"\n## {h}\n\n{_md_section(c)}" for h, c in sections)
@@ -336,7 +338,7 @@ def _html(experiment: Experiment, finals: list[dict[str, Any]]) -> str:
     items = [*_summary_items(experiment), ("report written", time.strftime("%Y-%m-%d %H:%M:%S"))]
     summary = "<ul>" + "".join(f"<li><b>{_esc(k)}</b>: {_esc(v)}</li>" for k, v in items) + \
         "</ul>"
-    aa = _html_table(_autoattack_table(finals)) if finals else _note(
+    aa = _html_table(_autoattack_table(experiment, finals)) if finals else _note(
         "No AutoAttack results yet: the final stage writes final/<trial>-<head>.json once the "
         "search has finished.")
     sections = [("Summary", summary),

@@ -81,7 +81,9 @@ def test_markdown_report(finished_experiment, tmp_path, source):
         assert trials[tid][3] == str(len(curve))
         assert trials[tid][6] == f"{100 * max(curve):.1f}"
     (autoattack,) = _md_rows(text, "AutoAttack (final stage)")
-    assert autoattack[:3] == [fake.aa_trial, "logprob", "100"] and autoattack[-1] == "ce_gap"
+    assert autoattack[:4] == [fake.aa_trial, "qtrades (clusters.k=2, clusters.l=15, "
+                              "objective.lam=3)", "logprob", "100"]
+    assert autoattack[-1] == "ce_gap"
     if source == "export":
         direct = write_report(fake.path, tmp_path / "direct.md").read_text()
         assert text == direct.replace(str(fake.path), str(path))
