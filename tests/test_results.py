@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from analysis import load_experiment, write_report
@@ -43,3 +44,20 @@ def test_results_doc_quotes_the_reports_verbatim():
         "docs/results.md quotes every run's report"
     for file, text in quotes:
         assert text.strip() and text.strip() in (ROOT / file).read_text(), file
+
+
+def test_best_and_last_epoch_figures_match_the_export():
+    """The hand-laid table of docs/results.md (per row: best epoch, validation PGD at the best
+    and the last epoch) against trials.parquet."""
+    doc = (ROOT / "docs" / "results.md").read_text()
+    table = pq.read_table(ROOT / "results" / "paper-table" / "trials.parquet").to_pylist()
+    trials = {r["param.point"]: r for r in table}
+    rows = re.findall(r"^  \| ([\w-]+) \| (\d+) \| ([\d.]+) / ([\d.]+) \| ([\d.]+) / ([\d.]+) \|$",
+                      doc, re.M)
+    assert sorted(point for point, *_ in rows) == sorted(trials)
+    for point, epoch, *values in rows:
+        r = trials[point]
+        assert int(epoch) == r["best_epoch"], point
+        keys = ("best.val_pgd_acc", "last.val_pgd_acc", "best.val_robust_acc",
+                "last.val_robust_acc")
+        assert values == [f"{100 * r[k]:.1f}" for k in keys], point
