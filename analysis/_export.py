@@ -23,7 +23,7 @@ from trainable import atomic_write_bytes, atomic_write_text
 from ._results import Experiment, ExperimentError, TrialRecord, load_experiment
 
 __all__ = ["EXPORT_SCHEMA_VERSION", "TRIALS_SCHEMA", "EPOCHS_SCHEMA", "TRIAL_METRICS",
-           "export_experiment", "load_export", "best_configs"]
+           "export_experiment", "best_configs"]
 
 EXPORT_SCHEMA_VERSION = "clustune-export-v1"
 TRIAL_METRICS = ("val_clean_acc", "val_pgd_acc", "val_robust_acc", "sigma2", "val_margin")
