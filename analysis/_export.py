@@ -195,7 +195,8 @@ def load_export(path: str | Path) -> Experiment:
     if metadata.get(b"clustune.schema") != EXPORT_SCHEMA_VERSION.encode() or \
             b"clustune.meta" not in metadata:
         raise ExperimentError(f"{path / 'trials.parquet'} is not a {EXPORT_SCHEMA_VERSION} "
-                              "export of clustune 0.2 or later (re-export the experiment)")
+                              "export carrying its experiment's metadata (re-export the "
+                              "experiment)")
     histories: dict[str, list[dict[str, Any]]] = {}
     for row in epochs.to_pylist():
         history = histories.setdefault(row.pop("trial_id"), [])

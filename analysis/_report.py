@@ -282,7 +282,8 @@ def _trials_table(experiment: Experiment) -> _Table:
                   "excluded.")
 
 
-def _summary_items(experiment: Experiment) -> list[tuple[str, str]]:
+def _summary_items(experiment: Experiment,
+                   finals: list[dict[str, Any]]) -> list[tuple[str, str]]:
     meta, search = experiment.meta, experiment.meta["config"]["search"]
     optim = TrainConfig.model_validate(meta["base"]).optim  # the base config, defaults filled
     counts: dict[str, int] = {}
@@ -292,7 +293,7 @@ def _summary_items(experiment: Experiment) -> list[tuple[str, str]]:
     state = (f"still running or interrupted: {unfinished} of {len(experiment.trials)} trials "
              f"unfinished" if unfinished else "finished")
     trial_time = sum(t.last.get("time_total_s") or 0.0 for t in experiment.trials)
-    final_time = sum(r.get("wall_time_s") or 0.0 for r in experiment.final_results())
+    final_time = sum(r.get("wall_time_s") or 0.0 for r in finals)
     return [("experiment", f"{experiment.name} ({experiment.path})"),
             ("created", meta.get("created", "-")),
             ("search", f"sampler {search['sampler']}, scheduler {search['scheduler']}, "
@@ -325,7 +326,7 @@ def _md_section(content: _Table | str) -> str:
 def _markdown(experiment: Experiment, finals: list[dict[str, Any]]) -> str:
     """The report's tables as Markdown, a function of the experiment alone (no date), so
     documents that quote it can be checked against the result files."""
-    summary = "".join(f"- **{k}**: {v}\n" for k, v in _summary_items(experiment))
+    summary = "".join(f"- **{k}**: {v}\n" for k, v in _summary_items(experiment, finals))
     sections = [("Results in the paper's shape", _paper_table(experiment, finals)),
                 ("AutoAttack (final stage)", _autoattack_table(experiment, finals) if finals else
                  "No AutoAttack results yet."),
@@ -335,7 +336,8 @@ def _markdown(experiment: Experiment, finals: list[dict[str, Any]]) -> str:
 
 
 def _html(experiment: Experiment, finals: list[dict[str, Any]]) -> str:
-    items = [*_summary_items(experiment), ("report written", time.strftime("%Y-%m-%d %H:%M:%S"))]
+    items = [*_summary_items(experiment, finals),
+             ("report written", time.strftime("%Y-%m-%d %H:%M:%S"))]
     summary = "<ul>" + "".join(f"<li><b>{_esc(k)}</b>: {_esc(v)}</li>" for k, v in items) + \
         "</ul>"
     aa = _html_table(_autoattack_table(experiment, finals)) if finals else _note(

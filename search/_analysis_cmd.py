@@ -91,7 +91,7 @@ def add_analysis_commands(sub) -> None:
                        description="Write trials.parquet (one row per trial) and epochs.parquet "
                        "(one row per trial and epoch) for a running or finished search; the "
                        "columns are documented in docs/exports.md.")
-    p.add_argument("dir", help="the experiment folder")
+    p.add_argument("dir", help="the experiment folder, or a folder `clustune export` wrote")
     p.add_argument("--out", metavar="DIR", help="output folder (default: DIR/export)")
     p.set_defaults(func=_cmd_export)
 
@@ -99,7 +99,7 @@ def add_analysis_commands(sub) -> None:
                        description="Write the top trials' resolved training configs, ranked by "
                        "the search metric, as RANK-TRIAL.yaml files that `clustune train "
                        "--config FILE` and `clustune search --config FILE` run as they are.")
-    p.add_argument("dir", help="the experiment folder")
+    p.add_argument("dir", help="the experiment folder, or a folder `clustune export` wrote")
     p.add_argument("--top", type=_positive, default=3, metavar="N",
                    help="how many trials (default: 3)")
     p.add_argument("--out", metavar="FOLDER", help="output folder (default: DIR/best); "
