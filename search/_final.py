@@ -25,20 +25,27 @@ FINAL_DIR = "final"
 
 def select_trials(experiment: Experiment, top_k: int,
                   trial_ids: list[str] | None = None) -> list[TrialRecord]:
-    """The trials to evaluate: named ones, else the Pareto front (multi-objective searches) or
-    the top_k by the search metric."""
+    """The trials to evaluate: named ones (by trial id, or by point name in a search over fixed
+    points, so a command can name a table's row before its id is known), else the Pareto front
+    (multi-objective searches) or the top_k by the search metric."""
     ranked = experiment.ranked()
     if trial_ids:
-        by_id = {t.trial_id: t for t in experiment.trials}
-        missing = [i for i in trial_ids if i not in by_id]
-        if missing:
-            raise UsageError(f"no trial {', '.join(missing)} in {experiment.path}")
-        return [by_id[i] for i in trial_ids]
+        return [_named_trial(experiment, name) for name in trial_ids]
     if experiment.meta["config"]["search"]["sampler"] in ("nsga2", "motpe"):
         best = [t.best(experiment.metric, experiment.mode) for t in ranked]
         front = pareto_front([(b["val_clean_acc"], b["val_robust_acc"]) for b in best])
         return [t for t, on_front in zip(ranked, front, strict=True) if on_front]
     return ranked[:top_k]
+
+
+def _named_trial(experiment: Experiment, name: str) -> TrialRecord:
+    """The trial with this id, else the one trained at the fixed point of this name."""
+    matches = [t for t in experiment.trials if t.trial_id == name] or [
+        t for t in experiment.trials if t.params.get("point") == name]
+    if len(matches) != 1:
+        problem = "no trial" if not matches else f"{len(matches)} trials at point"
+        raise UsageError(f"{problem} {name} in {experiment.path}")
+    return matches[0]
 
 
 def _heads_for(cfg: TrainConfig, heads: list[str] | None) -> list[str]:

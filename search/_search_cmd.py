@@ -187,8 +187,9 @@ def add_search_commands(sub, add_config_args) -> None:
                        "audit. Finished evaluations are kept; interrupted ones resume.")
     p.add_argument("dir", help="the experiment folder")
     p.add_argument("--top-k", type=int, default=2, help="best trials to evaluate (default 2)")
-    p.add_argument("--trial", action="append", metavar="ID", help="evaluate this trial "
-                   "(repeatable; overrides --top-k)")
+    p.add_argument("--trial", action="append", metavar="ID",
+                   help="evaluate this trial: its id, or its point's name in a search over fixed "
+                   "points (repeatable; overrides --top-k)")
     p.add_argument("--examples", type=int, default=500, help="test images (default 500)")
     p.add_argument("--head", action="append", choices=["raw", "logprob", "learned"],
                    help="judge clustering trials on this head (repeatable; default: their own)")

@@ -16,6 +16,8 @@ from rich.console import Console
 
 from analysis import export_experiment, load_experiment, write_report
 from search import SearchConfig, run_search, trial_table
+from search._console import UsageError
+from search._final import select_trials
 
 # fixed points: the same trial three times, one crashing once at epoch 2, one diverging
 FAULTS = {"healthy": {}, "crash": {"fail_at_epoch": 2}, "nan": {"optim": {"lr": 1.0e6}}}
@@ -47,6 +49,13 @@ def test_crashed_trial_is_retried_from_its_last_checkpoint(faults_experiment):
     for got, want in zip(crash.history, healthy.history, strict=True):
         for key in ("train_loss", "val_clean_acc", "val_robust_acc", "sigma2"):
             assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), key
+
+
+def test_final_stage_names_fixed_points_by_their_point_or_id(faults_experiment):
+    crash, healthy = _trial(faults_experiment, "crash"), _trial(faults_experiment, "healthy")
+    assert select_trials(faults_experiment, 0, ["healthy", crash.trial_id]) == [healthy, crash]
+    with pytest.raises(UsageError, match="no trial ill in"):
+        select_trials(faults_experiment, 0, ["ill"])
 
 
 def test_diverging_trial_ends_with_its_reason_and_the_search_goes_on(faults_experiment,
