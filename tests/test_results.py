@@ -61,3 +61,15 @@ def test_best_and_last_epoch_figures_match_the_export():
         keys = ("best.val_pgd_acc", "last.val_pgd_acc", "best.val_robust_acc",
                 "last.val_robust_acc")
         assert values == [f"{100 * r[k]:.1f}" for k in keys], point
+
+
+def test_autoattack_figures_in_prose_match_the_final_results():
+    """Every "X % of N" in docs/results.md and the README (AutoAttack accuracy on N test
+    images) is a final-stage result of the paper table."""
+    finals = load_experiment(ROOT / "results" / "paper-table").final_results()
+    measured = {(f"{100 * r['autoattack_acc']:.1f}", r["n_examples"]) for r in finals}
+    text = (ROOT / "docs" / "results.md").read_text() + (ROOT / "README.md").read_text()
+    claims = [(value, int(n.replace(",", "")))
+              for value, n in re.findall(r"(\d+\.\d) %\s+of\s+(500|1,000)\b", text)]
+    assert len(claims) >= 5
+    assert [c for c in claims if c not in measured] == []
