@@ -214,12 +214,12 @@ def _table_order(experiment: Experiment) -> list[TrialRecord]:
 
 
 def _autoattack_table(experiment: Experiment, finals: list[dict[str, Any]]) -> _Table:
-    by_id = {t.trial_id: t for t in experiment.trials}
+    variants = {t.trial_id: _variant(experiment, t) for t in experiment.trials}
     attacks = list(dict.fromkeys(a for r in finals for a in r.get("per_attack_acc") or {}))
     header = ["trial", "variant", "head", "examples", "eps", "clean", "AutoAttack", "CE-only",
               *[f"after {a}" for a in attacks], "adaptive", "time (min)", FLAGS]
-    rows = [[r["trial_id"], _variant(experiment, by_id[r["trial_id"]])
-             if r["trial_id"] in by_id else "-", r["head"], str(r.get("n_examples", "-")),
+    rows = [[r["trial_id"], variants.get(r["trial_id"], "-"), r["head"],
+             str(r.get("n_examples", "-")),
              f"{r['eps']:.4g}" if isinstance(r.get("eps"), float) else str(r.get("eps", "-")),
              _pct(r.get("clean_acc")), _pct(r.get("autoattack_acc")), _pct(r.get("ce_only_acc")),
              *[_pct((r.get("per_attack_acc") or {}).get(a)) for a in attacks],
