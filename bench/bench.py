@@ -1,6 +1,6 @@
 """clustune benchmarks: where a trial's time goes, each figure a ratio measured side by side.
 
-    python bench/bench.py [--out bench/results-cpu.json] [--only SECTION,...]
+    python bench/bench.py [--out bench/results-cpu.json] [--only SECTION,...] [--devices cpu,cuda]
 
 Prints one table and writes it as JSON. Sections (each runs both sides in this process):
 
@@ -12,7 +12,8 @@ Prints one table and writes it as JSON. Sections (each runs both sides in this p
   final        AutoAttack through clustune's evaluator over pyautoattack called directly
   fast_path    train-step time of each fast-path option over the plain path
 
-Without a GPU the GPU rows say so; with one, `flops`, `peak` and `fast_path` also run on it.
+Without a GPU the GPU rows say so; with one, `flops`, `peak` and `fast_path` also run on it
+(`--devices cuda` measures the GPU alone).
 """
 
 from __future__ import annotations
@@ -390,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help=f"comma-separated sections of: {', '.join(SECTIONS)}")
     parser.add_argument("--markdown", metavar="JSON", help="print a results file as a Markdown "
                         "table (as in docs/performance.md) and exit")
+    parser.add_argument("--devices", help="comma-separated devices for peak, flops and "
+                        "fast_path (default: cpu, and cuda when there is one)")
     args = parser.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(Path(args.markdown).read_text())))
@@ -398,10 +401,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}")
+    names = (args.devices.split(",") if args.devices
+             else ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    if set(names) - {"cpu", "cuda"}:
+        parser.error(f"unknown device(s) {', '.join(sorted(set(names) - {'cpu', 'cuda'}))}")
+    if "cuda" in names and not torch.cuda.is_available():
+        parser.error("--devices names cuda, but this machine has no GPU")
+    devices = [torch.device(name) for name in names]
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     torch.set_num_threads(CORES)
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available()
-                                       else [])
     rows = Rows()
     info = machine()
     console.print(f"machine: {info}")

@@ -4,7 +4,6 @@ and the Tuner; resuming an interrupted one."""
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 import socket
@@ -33,9 +32,13 @@ STUDY_FILE = "optuna.db"
 
 
 def dashboard_available() -> bool:
-    """The Ray dashboard needs the optional ray[default] extra."""
-    return importlib.util.find_spec("aiohttp") is not None and \
-        importlib.util.find_spec("ray.dashboard") is not None
+    """The Ray dashboard needs the optional ray[default] extra: Ray's own list of its modules
+    (aiohttp alone, which many packages bring, is not enough and makes ray.init fail)."""
+    try:
+        import ray.dashboard.optional_deps  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _reachable(address: str, timeout: float = 5.0) -> bool:

@@ -87,3 +87,19 @@ def test_embedded_rays_dashboard_binds_localhost(monkeypatch):
     monkeypatch.setattr(_tuner, "dashboard_available", lambda: True)
     assert _tuner.start_ray() == "http://127.0.0.1:8265"
     assert calls[0]["include_dashboard"] and calls[0]["dashboard_host"] == "127.0.0.1"
+
+
+def test_dashboard_needs_rays_own_dashboard_modules_not_just_aiohttp(monkeypatch):
+    """aiohttp alone (many packages bring it) once counted as ray[default], and ray.init then
+    failed on the missing aiohttp_cors: seen on a GPU machine."""
+    import importlib.machinery
+    import sys
+    import types
+
+    from search import _tuner
+
+    aiohttp = types.ModuleType("aiohttp")
+    aiohttp.__spec__ = importlib.machinery.ModuleSpec("aiohttp", None)
+    monkeypatch.setitem(sys.modules, "aiohttp", aiohttp)
+    monkeypatch.delitem(sys.modules, "ray.dashboard.optional_deps", raising=False)
+    assert not _tuner.dashboard_available()
