@@ -61,3 +61,14 @@ def test_markdown_renders_every_row() -> None:
     lines = bench.markdown(record).splitlines()
     assert lines[2] == "| ray | overhead | 1.04 | ratio | <= 1.10 | x |"
     assert lines[3] == "| gpu | none | - |  |  |  |"
+
+
+@pytest.mark.parametrize("record", ["results-cpu.json", "results-gpu.json"])
+def test_performance_doc_quotes_the_committed_tables(record: str) -> None:
+    """docs/performance.md shows each committed benchmark table exactly as the script renders
+    it, so its figures cannot drift from the measurements."""
+    import json
+
+    root = Path(__file__).parents[1]
+    table = bench.markdown(json.loads((root / "bench" / record).read_text()))
+    assert table in (root / "docs" / "performance.md").read_text()
