@@ -75,6 +75,7 @@ from trainable import (
     Classifier,
     ClusterHead,
     atomic_write_text,
+    embedding_margin_loss,
     frozen,
     load_classifier,
     load_dataset,
@@ -270,25 +271,6 @@ def _cluster_info(model: nn.Module, embed: Callable[[torch.Tensor], torch.Tensor
     if len(have) < 2:
         raise ValueError("the adaptive attack needs centroids of at least two classes")
     return info
-
-
-def _adaptive_loss(info: _Clusters, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Distance to the nearest own-class centroid minus distance to the nearest other-class one.
-
-    Maximising it pulls the embedding towards the nearest other-class centroid; it reads the
-    geometry directly, so saturated or flattened head scores cannot hide the gradient.
-    """
-    own = info.centroid_class.to(y.device)[None, :] == y[:, None]
-    centroids = info.centroids.to(y.device)
-
-    def loss(x_adv: torch.Tensor) -> torch.Tensor:
-        emb = info.embed(x_adv)
-        dist = (emb[:, None, :] - centroids[None]).pow(2).sum(-1).clamp_min(1e-12).sqrt()
-        d_own = dist.masked_fill(~own, math.inf).amin(1)
-        d_other = dist.masked_fill(own, math.inf).amin(1)
-        return (d_own - d_other).sum()
-
-    return loss
 
 
 # ----------------------------------------------------------------- AutoAttack plumbing
@@ -513,8 +495,8 @@ class _Evaluation:
         def run(index: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
             xb, yb = self.x[index], self.y[index]
             generator = torch.Generator().manual_seed(seed + batch)  # same start on resume
-            x_adv = pgd_linf(_adaptive_loss(info, yb), xb, self.eps, step_size, steps,
-                             generator=generator)
+            loss = embedding_margin_loss(info.embed, info.centroids, info.centroid_class, yb)
+            x_adv = pgd_linf(loss, xb, self.eps, step_size, steps, generator=generator)
             with torch.no_grad():
                 return x_adv, self.model(x_adv).argmax(1) != yb
 

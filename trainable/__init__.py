@@ -5,7 +5,7 @@ The clustering core is public so researchers can use it directly::
     from trainable import MagnetLoss, ClusterSampler, ClusterHead, fit_clusters
 """
 
-from ._attacks import frozen, pgd_linf
+from ._attacks import embedding_margin_loss, frozen, pgd_linf
 from ._clusters import Clusters, ClusterSampler, fit_clusters, kmeans
 from ._config import (
     ConfigError,
@@ -40,7 +40,7 @@ __all__ = [
     "ConfigError", "DataError", "ImageData", "MagnetLoss", "ResNet18", "SmallCNN", "TrainConfig",
     "Trainer", "TrainingDiverged",
     "apply_overrides", "atomic_write_bytes", "atomic_write_text", "augment_batch",
-    "build_backbone", "build_config", "consistency",
+    "build_backbone", "build_config", "consistency", "embedding_margin_loss",
     "fit_clusters", "frozen", "kmeans", "list_presets", "load_checkpoint", "load_classifier",
     "load_config", "load_data", "load_dataset", "magnet_loss", "parse_overrides", "pgd_linf",
     "read_yaml", "resolve_trial_config",

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ._attacks import frozen, pgd_linf
+from ._attacks import embedding_margin_loss, frozen, pgd_linf
 from ._clusters import Clusters, ClusterSampler, fit_clusters
 from ._config import TrainConfig, build_config
 from ._data import ImageData, as_float, augment_batch, load_data
@@ -267,23 +267,34 @@ class Trainer:
         x, y = as_float(x_all[:n]), y_all[:n]
         eps = self.cfg.eval_eps
         step = self.cfg.eval.pgd_step_size or eps / 4
-        attackers = [clf] + ([self.classifier("logprob")]
-                             if self.cfg.is_clustering and self.head.kind != "logprob" else [])
+        # the robust proxy: PGD through the trial's own head, and for clustering models also
+        # through the logprob head and on the embedding's centroid margin, which no head's
+        # flat or saturated scores can mask (design.md section 3)
+        Loss = Callable[[torch.Tensor], torch.Tensor]
+
+        def ce_through(model: Classifier) -> Callable[[torch.Tensor], Loss]:
+            return lambda t: lambda xa: F.cross_entropy(model(xa), t)
+
+        attacks = [ce_through(clf)]
+        if self.cfg.is_clustering:
+            if self.head.kind != "logprob":
+                attacks.append(ce_through(self.classifier("logprob")))
+            attacks.append(lambda t: embedding_margin_loss(
+                self.model.embed, self.head.centroids, self.clusters.centroid_class, t))
         # its own generator: evaluation settings must not change the training run
         eval_rng = torch.Generator().manual_seed(self.cfg.seed + self.epoch)
         robust = torch.ones(n, dtype=torch.bool, device=self.device)
         pgd_correct = None
         lipschitz: list[torch.Tensor] = []
-        for attacker in attackers:
-            attacker.eval()
+        for a, attack in enumerate(attacks):
             for i in range(0, n, EVAL_BATCH):
                 xb, yb = x[i:i + EVAL_BATCH], y[i:i + EVAL_BATCH]
-                x_adv = pgd_linf(lambda xa, a=attacker, t=yb: F.cross_entropy(a(xa), t),
-                                 xb, eps, step, self.cfg.eval.pgd_steps, generator=eval_rng)
+                x_adv = pgd_linf(attack(yb), xb, eps, step, self.cfg.eval.pgd_steps,
+                                 generator=eval_rng)
                 with torch.no_grad():
                     ok = clf(x_adv).argmax(1) == yb
                     robust[i:i + EVAL_BATCH] &= ok
-                    if attacker is clf:
+                    if a == 0:
                         pgd_correct = ok if pgd_correct is None else torch.cat([pgd_correct, ok])
                         if self.head is not None:
                             df = (self.model.embed(x_adv) - self.model.embed(xb)).flatten(1)

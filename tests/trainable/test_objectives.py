@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from trainable import OBJECTIVES, Trainer, consistency
 from trainable._config import CLUSTERING_VARIANTS
@@ -155,3 +156,19 @@ def test_consistency_ce_detaches_the_clean_vote_but_kl_does_not() -> None:
     z = Z.clone().requires_grad_(True)
     consistency("kl", EMB, z, EMB_ADV, Z_ADV, "mean").backward()
     assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_validation_proxy_is_not_masked_by_a_flat_head(tiny_config) -> None:
+    """With L=1 the logprob head is piecewise constant: no input gradient, so PGD through it
+    finds nothing (the cpu-ablation search ranked such a trial first; AutoAttack's audit
+    flagged it). The robust proxy also attacks the embedding's centroid margin, and does."""
+    trainer = Trainer(tiny_config({"objective": {"variant": "magnet"},
+                                   "clusters": {"l": 1, "head": "logprob"},
+                                   "eval": {"examples": 100, "pgd_steps": 10}}))
+    trainer.train_epoch()
+    x = trainer.data.x_val[:20].float().div(255).requires_grad_(True)
+    loss = F.cross_entropy(trainer.classifier()(x), trainer.data.y_val[:20])
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.count_nonzero(grad) == 0
+    metrics = trainer.evaluate()
+    assert metrics["val_robust_acc"] < metrics["val_pgd_acc"] - 0.1
