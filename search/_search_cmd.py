@@ -14,7 +14,7 @@ from analysis import Experiment, TrialRecord, load_experiment
 from ._console import UsageError, console
 from ._final import final_table, run_final_stage
 from ._spaces import SearchConfig, SearchSettings, check_inputs, load_search_config
-from ._tuner import build_tuner, embedded, read_meta, restore_tuner, start_ray
+from ._tuner import build_tuner, check_gpus, embedded, read_meta, restore_tuner, start_ray
 
 __all__ = ["add_search_commands", "run_search", "resume_search", "trial_table"]
 
@@ -39,6 +39,7 @@ def run_search(cfg: SearchConfig, experiment_dir: Path, address: str | None = No
     if experiment_dir.exists() and any(experiment_dir.iterdir()):
         raise UsageError(f"{experiment_dir} already exists; continue it with `clustune resume "
                          f"{experiment_dir}` or choose another --name")
+    check_gpus(cfg.search.gpus_per_trial, address, "--gpus-per-trial")
     if embedded(address):
         check_inputs(cfg)
     dashboard = start_ray(address, num_cpus)
@@ -50,7 +51,9 @@ def run_search(cfg: SearchConfig, experiment_dir: Path, address: str | None = No
 def resume_search(experiment_dir: Path, address: str | None = None,
                   num_cpus: int | None = None) -> Experiment:
     experiment_dir = experiment_dir.resolve()
-    read_meta(experiment_dir)
+    meta = read_meta(experiment_dir)
+    check_gpus(meta["config"]["search"].get("gpus_per_trial", 0), address,
+               "the search's gpus_per_trial")
     start_ray(address, num_cpus)
     tuner = restore_tuner(experiment_dir)
     console.print(f"resuming {experiment_dir}")
@@ -138,6 +141,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     read_meta(experiment_dir)
     if args.top_k < 1 or args.examples < 1:
         raise UsageError("--top-k and --examples must be at least 1")
+    check_gpus(args.gpus_per_task, args.address, "--gpus-per-task")
     start_ray(args.address)
     start = time.perf_counter()
     run_final_stage(experiment_dir, args.top_k, args.examples, args.trial or None,

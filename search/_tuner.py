@@ -25,8 +25,8 @@ from ._console import UsageError
 from ._spaces import SearchConfig, suggest
 from ._trainable import ClusteringTrainable
 
-__all__ = ["start_ray", "embedded", "build_tuner", "restore_tuner", "read_meta", "META_FILE",
-           "STUDY_FILE", "study_storage_url"]
+__all__ = ["start_ray", "embedded", "check_gpus", "build_tuner", "restore_tuner", "read_meta",
+           "META_FILE", "STUDY_FILE", "study_storage_url"]
 
 STUDY_FILE = "optuna.db"
 
@@ -75,6 +75,20 @@ def embedded(address: str | None = None) -> bool:
     """Whether start_ray(address) starts an embedded Ray, whose trials read this machine's
     files."""
     return not (address or os.environ.get("RAY_ADDRESS"))
+
+
+def check_gpus(gpus: float, address: str | None, option: str) -> None:
+    """An embedded Ray never schedules work that asks for more GPUs than this machine has: it
+    would wait for ever. A cluster's autoscaler may still add GPU workers, so it is trusted."""
+    if gpus < 0:
+        raise UsageError(f"{option} must be at least 0, got {gpus:g}")
+    if gpus and embedded(address):
+        import torch
+
+        have = torch.cuda.device_count()
+        if gpus > have:
+            raise UsageError(f"{option} {gpus:g} asks for more GPUs than this machine has "
+                             f"({have}); leave it out to run on the CPU")
 
 
 def study_storage_url(experiment_dir: Path) -> str:

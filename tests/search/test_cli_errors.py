@@ -90,3 +90,25 @@ def test_every_command_has_help(capsys):
             cli.main([command, "--help"])
         assert exit_info.value.code == 0
         assert "usage: clustune" in capsys.readouterr().out
+
+
+def test_gpus_this_machine_lacks_are_refused_before_ray(tmp_path, capsys, no_ray, monkeypatch):
+    """An embedded Ray would wait for ever for a GPU that is not there."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    code, err = _run(capsys, "search", "--preset", "quick", "--gpus-per-trial", "0.25",
+                     "--storage", str(tmp_path), "--name", "gpu")
+    assert code == 2 and "--gpus-per-trial 0.25 asks for more GPUs than this machine has (0)" \
+        in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "gpu").exists()
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    (experiment / "clustune.json").write_text('{"config": {"search": {"gpus_per_trial": 1}}}')
+    code, err = _run(capsys, "evaluate", str(experiment), "--gpus-per-task", "0.5")
+    assert code == 2 and "--gpus-per-task 0.5 asks for more GPUs" in err
+    code, err = _run(capsys, "evaluate", str(experiment), "--gpus-per-task", "-1")
+    assert code == 2 and "--gpus-per-task must be at least 0" in err
+    code, err = _run(capsys, "resume", str(experiment))
+    assert code == 2 and "the search's gpus_per_trial 1 asks for more GPUs" in err
