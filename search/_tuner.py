@@ -13,6 +13,7 @@ from typing import Any
 
 import optuna
 import ray
+import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter
@@ -83,8 +84,6 @@ def check_gpus(gpus: float, address: str | None, option: str) -> None:
     if gpus < 0:
         raise UsageError(f"{option} must be at least 0, got {gpus:g}")
     if gpus and embedded(address):
-        import torch
-
         have = torch.cuda.device_count()
         if gpus > have:
             raise UsageError(f"{option} {gpus:g} asks for more GPUs than this machine has "
