@@ -23,9 +23,8 @@ def _finished(path) -> list:
 
 
 def _interruptible(path) -> bool:
-    """Two trials finished and a later one under way: trials run one at a time, so the second
-    one's end has been processed by Tune, not only written to its result.json (a Ctrl-C in
-    between makes Tune re-run that trial's last epoch on resume, as after a SIGKILL)."""
+    """Two trials finished and a later one under way (trials run one at a time), so the
+    interrupt lands inside a trial, not as one ends."""
     epochs = [t.epochs for t in _trials(path)]
     return epochs.count(2) >= 3 or (epochs.count(2) >= 2 and 1 in epochs)
 
