@@ -13,6 +13,7 @@ from ._autoattack import (
     save_result,
 )
 from ._export import EPOCHS_SCHEMA, TRIALS_SCHEMA, best_configs, export_experiment
+from ._ranking import FLAG_LEGEND, Flag, RankedTrial, flags_of, rank_trials
 from ._report import pareto_front, write_report
 from ._results import (
     META_FILE,
@@ -24,9 +25,9 @@ from ._results import (
 )
 
 __all__ = [
-    "EPOCHS_SCHEMA", "META_FILE", "SCHEMA_VERSION", "TRIALS_SCHEMA", "Experiment",
-    "ExperimentError", "RobustnessResult", "TrialRecord", "best_configs", "evaluate_checkpoint",
-    "evaluate_robustness", "export_experiment", "load_experiment", "load_result", "pareto_front",
-    "read_meta", "save_result",
+    "EPOCHS_SCHEMA", "FLAG_LEGEND", "META_FILE", "SCHEMA_VERSION", "TRIALS_SCHEMA", "Experiment",
+    "ExperimentError", "Flag", "RankedTrial", "RobustnessResult", "TrialRecord", "best_configs",
+    "evaluate_checkpoint", "evaluate_robustness", "export_experiment", "flags_of",
+    "load_experiment", "load_result", "pareto_front", "rank_trials", "read_meta", "save_result",
     "write_report",
 ]

@@ -20,12 +20,14 @@ import yaml
 
 from trainable import atomic_write_bytes, atomic_write_text
 
+from ._ranking import RankedTrial, rank_trials
 from ._results import Experiment, ExperimentError, TrialRecord, load_experiment
 
 __all__ = ["EXPORT_SCHEMA_VERSION", "TRIALS_SCHEMA", "EPOCHS_SCHEMA", "TRIAL_METRICS",
            "export_experiment", "best_configs"]
 
-EXPORT_SCHEMA_VERSION = "clustune-export-v1"
+EXPORT_SCHEMA_VERSION = "clustune-export-v2"
+READABLE_SCHEMAS = ("clustune-export-v1", EXPORT_SCHEMA_VERSION)  # v1: before the ranking
 TRIAL_METRICS = ("val_clean_acc", "val_pgd_acc", "val_robust_acc", "sigma2", "val_margin")
 
 TRIALS_SCHEMA = pa.schema([
@@ -36,14 +38,20 @@ TRIALS_SCHEMA = pa.schema([
     pa.field("diverged", pa.string()),
     pa.field("error", pa.string()),
     pa.field("config_json", pa.string(), nullable=False),
+    pa.field("rank", pa.int64()),
+    pa.field("ranked_by", pa.string()),
+    pa.field("audited_acc", pa.float64()),
+    pa.field("flagged", pa.bool_()),
+    pa.field("flags", pa.list_(pa.string())),
     *[pa.field(f"best.{m}", pa.float64()) for m in TRIAL_METRICS],
     *[pa.field(f"last.{m}", pa.float64()) for m in TRIAL_METRICS],
 ])
 """Fixed columns of trials.parquet; then ``param.<name>`` by name, then ``aa.<head>.*``."""
 
 AA_FIELDS = {"n_examples": pa.int64(), "eps": pa.float64(), "version": pa.string(),
-             "clean_acc": pa.float64(), "autoattack_acc": pa.float64(),
-             "ce_only_acc": pa.float64(), "adaptive_acc": pa.float64(),
+             "batch_size": pa.int64(), "clean_acc": pa.float64(),
+             "autoattack_acc": pa.float64(), "ce_only_acc": pa.float64(),
+             "adaptive_acc": pa.float64(), "worst_case_acc": pa.float64(),
              "per_attack_acc": pa.map_(pa.string(), pa.float64()),
              "flags": pa.list_(pa.string()), "wall_time_s": pa.float64()}
 """The final stage's summary per head (the result's field names; flags: masking_flags)."""
@@ -104,10 +112,19 @@ def _metadata(experiment: Experiment) -> dict[str, str]:
 
 
 def _trials_table(experiment: Experiment) -> pa.Table:
-    """One row per trial; best.* is the epoch that scored best on the search metric."""
-    trials = experiment.trials
+    """One row per trial in the order of the ranking (unranked trials last); best.* is the
+    epoch that scored best on the search metric."""
+    ranking = {r.trial.trial_id: r for r in rank_trials(experiment)}
+    trials = [r.trial for r in ranking.values()] + \
+        [t for t in experiment.trials if t.trial_id not in ranking]
     columns: dict[str, list[Any]] = {name: [] for name in TRIALS_SCHEMA.names}
     for t in trials:
+        ranked: RankedTrial | None = ranking.get(t.trial_id)
+        columns["rank"].append(ranked and ranked.rank)
+        columns["ranked_by"].append(ranked and ranked.ranked_by)
+        columns["audited_acc"].append(ranked and ranked.audited_acc)
+        columns["flagged"].append(ranked and ranked.flagged)
+        columns["flags"].append([str(f) for f in ranked.flags] if ranked else [])
         best, last = t.best(experiment.metric, experiment.mode), t.last
         columns["trial_id"].append(t.trial_id)
         columns["status"].append(t.status)
@@ -192,11 +209,11 @@ def load_export(path: str | Path) -> Experiment:
     except (OSError, pa.ArrowException) as err:
         raise ExperimentError(f"{path} holds no readable clustune export ({err})") from None
     metadata = trials.schema.metadata or {}
-    if metadata.get(b"clustune.schema") != EXPORT_SCHEMA_VERSION.encode() or \
-            b"clustune.meta" not in metadata:
-        raise ExperimentError(f"{path / 'trials.parquet'} is not a {EXPORT_SCHEMA_VERSION} "
-                              "export carrying its experiment's metadata (re-export the "
-                              "experiment)")
+    schema = metadata.get(b"clustune.schema", b"").decode(errors="replace")
+    if schema not in READABLE_SCHEMAS or b"clustune.meta" not in metadata:
+        raise ExperimentError(f"{path / 'trials.parquet'} is not a clustune export "
+                              f"({' or '.join(READABLE_SCHEMAS)}) carrying its experiment's "
+                              "metadata (re-export the experiment)")
     histories: dict[str, list[dict[str, Any]]] = {}
     for row in epochs.to_pylist():
         history = histories.setdefault(row.pop("trial_id"), [])
@@ -217,44 +234,52 @@ def load_export(path: str | Path) -> Experiment:
                       finals=_finals_from(rows, trials.schema.names))
 
 
-def _header(experiment: Experiment, trial: TrialRecord, rank: int, top: int,
+def _header(experiment: Experiment, ranked: RankedTrial, position: int, top: int,
             finals: list[dict[str, Any]]) -> str:
+    trial = ranked.trial
     best = trial.best(experiment.metric, experiment.mode)
     params = ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "-"
     scores = "  ".join(f"{m}={best[m]:.4g}" for m in TRIAL_METRICS if _number(best.get(m)))
-    lines = [f"{BEST_HEADER} {rank} of {top} by best {experiment.metric} ({experiment.mode})",
+    lines = [f"{BEST_HEADER} {position} of {top}: rank {ranked.rank} by the {ranked.ranked_by} "
+             f"({ranked.summary})",
+             "# ranking: audited trials by worst-case robust accuracy over every attack and "
+             "head, flagged ones after unflagged ones, then unaudited trials by "
+             f"best {experiment.metric} ({experiment.mode}) on validation",
              f"# experiment: {experiment.name} ({experiment.path.resolve()})",
              f"# trial: {trial.trial_id} ({trial.status}, {trial.epochs} epochs)  params: {params}",
              f"# best epoch {best.get('training_iteration')}: {scores}"]
     for r in finals:
         if r["trial_id"] == trial.trial_id:
-            flags = ", ".join(r.get("masking_flags") or []) or "none"
-            lines.append(f"# AutoAttack ({r['head']} head): clean={r.get('clean_acc')}  "
-                         f"robust={r.get('autoattack_acc')}  masking flags: {flags}")
+            lines.append(f"# AutoAttack ({r['head']} head, {r.get('n_examples')} test images): "
+                         f"clean={r.get('clean_acc')}  robust={r.get('autoattack_acc')}")
+    lines += [f"# flag {f}" for f in ranked.flags]
     lines.append("# run: clustune train --config THIS_FILE   or   clustune search --config "
                  "THIS_FILE")
     return "\n".join(lines) + "\n"
 
 
-def best_configs(path: str | Path, top: int = 3, out: str | Path | None = None) -> list[Path]:
-    """The top trials' resolved training configs as YAML (default folder: EXPERIMENT/best).
+def best_configs(path: str | Path, top: int = 3, out: str | Path | None = None,
+                 include_flagged: bool = False) -> list[Path]:
+    """The top trials' resolved training configs as YAML (default folder: EXPERIMENT/best), in
+    the order of :func:`rank_trials`; trials with a masking flag only with include_flagged.
 
-    Files are named RANK-TRIAL.yaml; ones a previous call wrote there are replaced, so the
+    Files are named N-TRIAL.yaml; ones a previous call wrote there are replaced, so the
     folder always holds the current ranking. Diverged trials are never exported.
     """
     experiment = load_experiment(path)
     out = Path(out) if out is not None else experiment.path / "best"
-    chosen = [t for t in experiment.ranked() if not t.diverged][:top]
+    chosen = [r for r in rank_trials(experiment)
+              if not r.trial.diverged and (include_flagged or not r.flagged)][:top]
     for old in out.glob("*.yaml"):  # nothing when out does not exist yet
         if re.fullmatch(r"\d+-\w+\.yaml", old.name) and \
                 old.read_text().startswith(BEST_HEADER):
             old.unlink()
     finals = experiment.final_results()
     written = []
-    for rank, trial in enumerate(chosen, 1):
-        cfg = experiment.trial_config(trial)
+    for position, ranked in enumerate(chosen, 1):
+        cfg = experiment.trial_config(ranked.trial)
         body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-        file = out / f"{rank:02d}-{trial.trial_id}.yaml"
-        atomic_write_text(file, _header(experiment, trial, rank, len(chosen), finals) + body)
+        file = out / f"{position:02d}-{ranked.trial.trial_id}.yaml"
+        atomic_write_text(file, _header(experiment, ranked, position, len(chosen), finals) + body)
         written.append(file)
     return written

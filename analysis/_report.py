@@ -25,17 +25,19 @@ from plotly.subplots import make_subplots
 
 from trainable import TrainConfig, atomic_write_text
 
+from ._ranking import FLAG_LEGEND, RankedTrial, flags_of, rank_trials
 from ._results import Experiment, TrialRecord, load_experiment
 
-__all__ = ["write_report"]
+__all__ = ["pareto_front", "write_report"]
 
 CURVES = 5  # trials in the learning curves
 TABLE_ROWS = 20  # trials in the paper-style table (AutoAttack-evaluated ones always shown)
 FINISHED = ("TERMINATED", "ERROR")
-FLAGS = "masking flags"
+FLAGS = "flags"
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }
+td { overflow-wrap: anywhere; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 th { background: #f2f2f2; }
@@ -74,29 +76,38 @@ def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
 
 
 def _pareto(experiment: Experiment) -> str:
-    trials = experiment.ranked()
-    if not trials:
+    ranking = rank_trials(experiment)
+    if not ranking:
         return _note("No trial has finished an epoch yet.")
-    best = [t.best(experiment.metric, experiment.mode) for t in trials]
+    best = [r.trial.best(experiment.metric, experiment.mode) for r in ranking]
     points = [(b.get("val_clean_acc", 0.0), b.get("val_robust_acc", 0.0)) for b in best]
-    front = pareto_front(points)
+    sound = [i for i, r in enumerate(ranking) if not r.flagged]
+    on_front = dict(zip(sound, pareto_front([points[i] for i in sound]), strict=True))
+    groups = (("trial", "#9aa9c2", "circle", [i for i in sound if not on_front[i]]),
+              ("Pareto front", "#d62728", "circle",
+               sorted((i for i in sound if on_front[i]), key=lambda i: points[i][0])),
+              ("flagged by the audit (masking)", "#444444", "x-thin-open",
+               [i for i, r in enumerate(ranking) if r.flagged]))
     fig = go.Figure()
-    for on_front, name, colour in ((False, "trial", "#9aa9c2"), (True, "Pareto front", "#d62728")):
-        pick = [i for i, f in enumerate(front) if f == on_front]
-        if on_front:  # the front as the staircase bounding what it dominates
-            pick.sort(key=lambda i: points[i][0])
+    for name, colour, symbol, pick in groups:
+        if not pick:
+            continue
+        front = name == "Pareto front"
         fig.add_trace(go.Scatter(
             x=[points[i][0] for i in pick], y=[points[i][1] for i in pick], name=name,
-            mode="lines+markers" if on_front else "markers",
-            line={"shape": "vh", "color": colour}, marker={"size": 11 if on_front else 8,
-                                                           "color": colour},
-            text=[f"{trials[i].trial_id}<br>{_params(trials[i])}" for i in pick],
+            mode="lines+markers" if front else "markers",
+            line={"shape": "vh", "color": colour},
+            marker={"size": 11 if front else 9, "color": colour, "symbol": symbol,
+                    "line": {"width": 2, "color": colour}},
+            text=[f"#{ranking[i].rank} {ranking[i].trial.trial_id} ({ranking[i].summary})"
+                  f"<br>{_params(ranking[i].trial)}" for i in pick],
             hovertemplate="%{text}<br>clean %{x:.3f}<br>robust %{y:.3f}<extra></extra>"))
     fig.update_layout(xaxis_title="val_clean_acc", yaxis_title="val_robust_acc", height=480,
                       title="Clean vs robust accuracy at each trial's best epoch")
     return _figure(fig) + _note(
         f"One point per trial, at the epoch that scored best on {experiment.metric} (the "
-        f"checkpoint the search keeps); red: no other trial is better on both.")
+        f"checkpoint the search keeps); red: no other unflagged trial is better on both; "
+        f"crosses: trials the audit flagged as gradient-masked, never on the front.")
 
 
 def _importances(experiment: Experiment) -> str:
@@ -132,7 +143,7 @@ def _importances(experiment: Experiment) -> str:
 
 
 def _curves(experiment: Experiment) -> str:
-    top = [t for t in experiment.ranked() if t.history][:CURVES]
+    top = [r.trial for r in rank_trials(experiment) if r.trial.history][:CURVES]
     if not top:
         return _note("No trial has finished an epoch yet.")
     fig = make_subplots(rows=1, cols=2, subplot_titles=("val_clean_acc", "val_robust_acc"))
@@ -145,7 +156,7 @@ def _curves(experiment: Experiment) -> str:
                 line={"color": colour}, hovertemplate=f"{trial.trial_id} epoch %{{x}}: "
                 f"%{{y:.3f}}<extra>{metric}</extra>"), row=1, col=col)
     fig.update_xaxes(title_text="epoch")
-    fig.update_layout(height=420, title=f"The {len(top)} best trials by {experiment.metric}")
+    fig.update_layout(height=420, title=f"The {len(top)} best trials of the ranking")
     return _figure(fig)
 
 
@@ -189,7 +200,14 @@ def _md_table(table: _Table) -> str:
 
 
 def _flag_text(result: dict[str, Any]) -> str:
-    return ", ".join(result.get("masking_flags") or []) or "none"
+    """Short codes (the legend below the table explains them; the JSON keeps the messages)."""
+    return ", ".join(f.code if f.demotes else f"{f.code} (below threshold)"
+                     for f in flags_of(result)) or "none"
+
+
+def _legend(finals: list[dict[str, Any]]) -> str:
+    codes = dict.fromkeys(f.code for r in finals for f in flags_of(r))
+    return " Flags: " + "; ".join(f"{c}: {FLAG_LEGEND[c]}" for c in codes) + "." if codes else ""
 
 
 def _own_head(experiment: Experiment, trial: TrialRecord) -> str:
@@ -204,8 +222,8 @@ def _variant(experiment: Experiment, trial: TrialRecord) -> str:
 
 def _table_order(experiment: Experiment) -> list[TrialRecord]:
     """A search over fixed points keeps the points' order (the paper's rows); a search over a
-    space ranks trials by the metric."""
-    ranked = experiment.ranked()
+    space keeps the ranking's."""
+    ranked = [r.trial for r in rank_trials(experiment)]
     points = list(experiment.meta["config"].get("points") or {})
     if points:
         ranked.sort(key=lambda t: points.index(t.params["point"])
@@ -226,9 +244,8 @@ def _autoattack_table(experiment: Experiment, finals: list[dict[str, Any]]) -> _
              _pct(r.get("adaptive_acc")), _minutes(r.get("wall_time_s")), _flag_text(r)]
             for r in finals]
     return _Table(header, rows, tuple(range(3, len(header) - 1)),
-                  "Accuracies in % on the test points. A flag means a gradient-masking symptom "
-                  "(e.g. ce_gap: CE-only PGD is much weaker than the full ensemble): do not "
-                  "trust the PGD numbers of that model.")
+                  "Accuracies in % on the test points. A flag means a gradient-masking symptom: "
+                  "do not trust the PGD numbers of that model." + _legend(finals))
 
 
 def _paper_table(experiment: Experiment, finals: list[dict[str, Any]]) -> _Table | str:
@@ -260,26 +277,35 @@ def _paper_table(experiment: Experiment, finals: list[dict[str, Any]]) -> _Table
                   "attack (APGD-CE on the test images where the final stage ran, else the "
                   "search's validation PGD on the trial's own head at its kept epoch) and under "
                   "AutoAttack. A masked model looks robust to the CE-only attack and not to "
-                  "AutoAttack." + more)
+                  "AutoAttack." + more + _legend(finals))
 
 
 def _trials_table(experiment: Experiment) -> _Table:
-    ranked = experiment.ranked()
+    ranking: list[RankedTrial] = rank_trials(experiment)
+    ranked = {r.trial.trial_id: r for r in ranking}
     rows = []
-    for t in ranked + [t for t in experiment.trials if t not in ranked]:
+    for t in [r.trial for r in ranking] + [t for t in experiment.trials
+                                           if t.trial_id not in ranked]:
         best = t.best(experiment.metric, experiment.mode)
-        rows.append([t.trial_id, _variant(experiment, t), t.status, str(t.epochs),
-                     _pct(best.get("val_clean_acc")), _pct(best.get("val_pgd_acc")),
-                     _pct(best.get("val_robust_acc")), _num(best.get("val_margin")),
+        r = ranked.get(t.trial_id)
+        rows.append([str(r.rank) if r else "-", t.trial_id, _variant(experiment, t), t.status,
+                     str(t.epochs), _pct(best.get("val_clean_acc")),
+                     _pct(best.get("val_pgd_acc")), _pct(best.get("val_robust_acc")),
+                     _num(best.get("val_margin")), _pct(r and r.audited_acc),
+                     r.ranked_by if r else "-", r.flag_codes if r and r.flagged else "none",
                      _minutes(t.last.get("time_total_s")), t.problem or ""])
-    return _Table(["trial", "variant", "status", "epochs", "best clean (%)", "best PGD (%)",
-                   "best robust (%)", "margin", "time (min)", "problem"], rows,
-                  (3, 4, 5, 6, 7, 8),
-                  "Validation figures at each trial's best epoch on the search metric; PGD: "
-                  "the trial's own head; robust: every evaluation attack (the search metric's "
-                  "proxy); margin: the median embedding-space margin of the validation images "
-                  "(clustering variants). Time: the trial's training and validation, warm start "
-                  "excluded.")
+    return _Table(["rank", "trial", "variant", "status", "epochs", "best clean (%)",
+                   "best PGD (%)", "best robust (%)", "margin", "audited (%)", "ranked by", FLAGS,
+                   "time (min)", "problem"], rows,
+                  (0, 4, 5, 6, 7, 8, 9, 12),
+                  "Ranked by the audit: trials the final stage evaluated by their audited "
+                  "robust accuracy (the worst case over every attack and head it ran, on the "
+                  "test images), flagged ones after unflagged ones, then the others by the "
+                  "search metric on validation. Validation figures at each trial's best epoch "
+                  "on the search metric; PGD: the trial's own head; robust: every evaluation "
+                  "attack (the search metric's proxy); margin: the median embedding-space "
+                  "margin of the validation images (clustering variants). Time: the trial's "
+                  "training and validation, warm start excluded.")
 
 
 def _summary_items(experiment: Experiment,

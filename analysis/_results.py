@@ -17,7 +17,6 @@ from trainable import TrainConfig, resolve_trial_config
 __all__ = ["TrialRecord", "Experiment", "load_experiment", "read_meta", "ExperimentError",
            "META_FILE"]
 
-METRICS = ("val_clean_acc", "val_pgd_acc", "val_robust_acc")
 META_FILE = "clustune.json"
 
 
@@ -144,8 +143,10 @@ class Experiment:
             results.append(result)
         return results
 
-    def ranked(self) -> list[TrialRecord]:
-        """Trials with at least one epoch, best first by their best epoch on the metric."""
+    def proxy_ranked(self) -> list[TrialRecord]:
+        """Trials with at least one scored epoch, best first by the search metric at their best
+        epoch: the validation proxy, which picks whom the final stage audits (the ranking
+        users see is :func:`analysis.rank_trials`)."""
         done = [t for t in self.trials if t.best(self.metric, self.mode)]
         sign = -1 if self.mode == "max" else 1
         return sorted(done, key=lambda t: sign * t.best(self.metric, self.mode)[self.metric])

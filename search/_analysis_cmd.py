@@ -32,9 +32,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
-    written = _run(lambda: best_configs(args.dir, top=args.top, out=args.out))
+    written = _run(lambda: best_configs(args.dir, top=args.top, out=args.out,
+                                        include_flagged=args.include_flagged))
     if not written:
-        console.print("no trial has finished an epoch yet: nothing to export", markup=False)
+        console.print("no trial to export: none has finished an epoch, or every audited one "
+                      "is flagged (--include-flagged writes those)", markup=False)
         return 0
     for path in written:
         print(path)
@@ -96,14 +98,20 @@ def add_analysis_commands(sub) -> None:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("best", help="write the best trials' configs as runnable YAML",
-                       description="Write the top trials' resolved training configs, ranked by "
-                       "the search metric, as RANK-TRIAL.yaml files that `clustune train "
-                       "--config FILE` and `clustune search --config FILE` run as they are.")
+                       description="Write the top trials' resolved training configs as "
+                       "N-TRIAL.yaml files that `clustune train --config FILE` and `clustune "
+                       "search --config FILE` run as they are. Ranked by the audit: audited "
+                       "trials by worst-case robust accuracy, then unaudited ones by the "
+                       "validation proxy; trials with a masking flag are left out unless "
+                       "--include-flagged.")
     p.add_argument("dir", help="the experiment folder, or a folder `clustune export` wrote")
     p.add_argument("--top", type=_positive, default=3, metavar="N",
                    help="how many trials (default: 3)")
     p.add_argument("--out", metavar="FOLDER", help="output folder (default: DIR/best); "
                    "files an earlier `clustune best` wrote there are replaced")
+    p.add_argument("--include-flagged", action="store_true",
+                   help="also write audited trials with a masking flag (ranked after the "
+                   "unflagged ones)")
     p.set_defaults(func=_cmd_best)
 
     p = sub.add_parser("report", help="write a self-contained HTML (or Markdown) report",

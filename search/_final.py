@@ -13,7 +13,15 @@ from pathlib import Path
 import ray
 from rich.table import Table
 
-from analysis import Experiment, TrialRecord, load_experiment, load_result, pareto_front
+from analysis import (
+    Experiment,
+    TrialRecord,
+    flags_of,
+    load_experiment,
+    load_result,
+    pareto_front,
+    rank_trials,
+)
 from trainable import TrainConfig
 
 from ._console import UsageError, console
@@ -28,7 +36,7 @@ def select_trials(experiment: Experiment, top_k: int,
     """The trials to evaluate: named ones (by trial id, or by point name in a search over fixed
     points, so a command can name a table's row before its id is known), else the Pareto front
     (multi-objective searches) or the top_k by the search metric."""
-    ranked = experiment.ranked()
+    ranked = experiment.proxy_ranked()
     if trial_ids:
         return [_named_trial(experiment, name) for name in trial_ids]
     if experiment.meta["config"]["search"]["sampler"] in ("nsga2", "motpe"):
@@ -127,17 +135,24 @@ def run_final_stage(experiment_dir: Path, top_k: int, examples: int,
 
 
 def final_table(experiment: Experiment) -> Table:
-    """Clean, per-attack and AutoAttack accuracy of every final evaluation."""
-    table = Table(title=f"{experiment.path.name}: AutoAttack final stage (test set)")
-    for col in ("trial", "head", "n", "clean", "apgd-ce", "apgd-t", "fab-t", "square",
-                "AutoAttack", "CE-only", "adaptive", "flags"):
+    """Clean, per-attack, AutoAttack and worst-case accuracy of every final evaluation, in the
+    order of the ranking, with short flag codes (below: flags under their threshold)."""
+    order = {r.trial.trial_id: r.rank for r in rank_trials(experiment)}
+    table = Table(title=f"{experiment.path.name}: AutoAttack final stage (test set), ranked")
+    for col in ("#", "trial", "head", "n", "clean", "apgd-ce", "apgd-t", "fab-t", "square",
+                "AutoAttack", "CE-only", "adaptive", "worst case", "flags"):
         table.add_column(col)
-    for r in experiment.final_results():
+    results = sorted(experiment.final_results(),
+                     key=lambda r: (order.get(r["trial_id"], len(order) + 1), r["head"]))
+    for r in results:
         per = r["per_attack_acc"]
-        table.add_row(r["trial_id"], r["head"], str(r["n_examples"]), f"{r['clean_acc']:.4f}",
+        worst = r.get("worst_case_acc")
+        table.add_row(str(order.get(r["trial_id"], "-")), r["trial_id"], r["head"],
+                      str(r["n_examples"]), f"{r['clean_acc']:.4f}",
                       *(f"{per[a]:.4f}" if a in per else "-"
                         for a in ("apgd-ce", "apgd-t", "fab-t", "square")),
                       f"{r['autoattack_acc']:.4f}", f"{r['ce_only_acc']:.4f}",
                       "-" if r["adaptive_acc"] is None else f"{r['adaptive_acc']:.4f}",
-                      ", ".join(r["masking_flags"]) or "none")
+                      "-" if worst is None else f"{worst:.4f}",
+                      ", ".join(str(f) for f in flags_of(r)) or "none")
     return table

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from analysis import Experiment, TrialRecord, load_experiment
+from analysis import Experiment, TrialRecord, load_experiment, rank_trials
 
 from ._console import UsageError, console
 from ._final import final_table, run_final_stage
@@ -86,22 +86,29 @@ def _wanted_trials(experiment: Experiment) -> int:
 
 
 def trial_table(experiment: Experiment, top: int | None = None) -> Table:
-    """Trials ranked by their best epoch on the search metric (the top ones, when top is
-    given), then every other trial that has no score yet or a problem to show: diverged,
-    failed, or retried after a crash."""
+    """Trials in the order of the ranking (audited first, by worst-case robust accuracy;
+    flagged ones after; then the rest by the validation proxy), the top ones when top is given,
+    then every other trial that has no score yet or a problem to show: diverged, failed, or
+    retried after a crash."""
     metric, mode = experiment.metric, experiment.mode
-    table = Table(title=f"{experiment.path.name}: trials by best {metric}")
-    for col in ("trial", "status", "epochs", "best clean", "best robust", "params", "problem"):
+    table = Table(title=f"{experiment.path.name}: trials ranked by the audit, then by best "
+                  f"{metric}")
+    for col in ("#", "trial", "status", "epochs", "best clean", "best robust", "audited",
+                "flags", "params", "problem"):
         table.add_column(col, overflow="fold")
-    ranked = experiment.ranked()
-    shown: list[TrialRecord] = list(ranked[:top] if top else ranked)
-    shown += [t for t in experiment.trials if t not in shown and (t not in ranked or t.problem)]
-    for t in shown:
+    ranking = rank_trials(experiment)
+    rows: list[tuple[str, TrialRecord, str, str]] = [
+        (str(r.rank), r.trial, "-" if r.audited_acc is None else _fmt(r.audited_acc),
+         r.flag_codes) for r in (ranking[:top] if top else ranking)]
+    shown = {t.trial_id for _, t, _, _ in rows}
+    rows += [("-", t, "-", "") for t in experiment.trials
+             if t.trial_id not in shown and (t.problem or not t.best(metric, mode))]
+    for rank, t, audited, flags in rows:
         best = t.best(metric, mode)
         status = "DIVERGED" if t.diverged else t.status
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
-        table.add_row(t.trial_id, status, str(t.epochs), _fmt(best.get("val_clean_acc")),
-                      _fmt(best.get("val_robust_acc")), params, t.problem or "")
+        table.add_row(rank, t.trial_id, status, str(t.epochs), _fmt(best.get("val_clean_acc")),
+                      _fmt(best.get("val_robust_acc")), audited, flags, params, t.problem or "")
     return table
 
 

@@ -24,9 +24,9 @@ from trainable import Trainer, load_config, resolve_trial_config
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "exports.md"
 PARAMS = ["param.clusters.k", "param.clusters.l", "param.objective.lam"]
-AA = [f"aa.logprob.{k}" for k in ("n_examples", "eps", "version", "clean_acc", "autoattack_acc",
-                                   "ce_only_acc", "adaptive_acc", "per_attack_acc", "flags",
-                                   "wall_time_s")]
+AA = [f"aa.logprob.{k}" for k in ("n_examples", "eps", "version", "batch_size", "clean_acc",
+                                   "autoattack_acc", "ce_only_acc", "adaptive_acc",
+                                   "worst_case_acc", "per_attack_acc", "flags", "wall_time_s")]
 
 
 def _documented() -> set[str]:
@@ -62,7 +62,7 @@ def test_trials_parquet_has_exactly_the_documented_columns(finished_experiment, 
     assert schema.field("aa.logprob.flags").type == pa.list_(pa.string())
     assert schema.field("aa.logprob.n_examples").type == pa.int64()
     assert schema.field("aa.logprob.per_attack_acc").type == pa.map_(pa.string(), pa.float64())
-    assert schema.metadata[b"clustune.schema"] == b"clustune-export-v1"
+    assert schema.metadata[b"clustune.schema"] == b"clustune-export-v2"
     assert schema.metadata[b"clustune.metric"] == b"val_robust_acc"
     assert {_pattern(c) for c in schema.names} <= _documented()
 
@@ -133,7 +133,8 @@ def test_an_export_reads_back_as_the_experiment(fake_experiment, tmp_path, runni
             [{k: r[k] for k in numeric} for r in b.history]
         assert original.trial_config(a) == exported.trial_config(b)
         assert a.best() == {} or a.best()["val_robust_acc"] == b.best()["val_robust_acc"]
-    assert [t.trial_id for t in exported.ranked()] == [t.trial_id for t in original.ranked()]
+    assert [t.trial_id for t in exported.proxy_ranked()] == \
+        [t.trial_id for t in original.proxy_ranked()]
     summary = ("trial_id", "head", "clean_acc", "autoattack_acc", "ce_only_acc", "n_examples",
                "per_attack_acc", "masking_flags")
     assert [{k: r[k] for k in summary} for r in exported.final_results()] == \
@@ -148,7 +149,7 @@ def test_an_export_of_another_kind_is_refused_in_one_line(tmp_path, capsys):
     pq.write_table(pa.table({"trial_id": ["x"]}), tmp_path / "epochs.parquet")
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r.md")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "is not a clustune-export-v1 export" in err
+    assert "\n" not in err and "is not a clustune export (clustune-export-v1 or " in err
     assert not (tmp_path / "r.md").exists()
 
 
@@ -208,12 +209,14 @@ def test_trial_configs_match_the_search(finished_experiment):
 
 def test_best_configs_load_unchanged_and_train(finished_experiment, tmp_path):
     fake = finished_experiment
-    files = best_configs(fake.path, top=2, out=tmp_path)
+    files = best_configs(fake.path, top=2, out=tmp_path, include_flagged=True)
     ranked = sorted(fake.trials, key=lambda tid: -max(fake.trials[tid][1]))
+    assert ranked[0] == fake.aa_trial  # the only audited trial: first, though flagged
     assert [f.name for f in files] == [f"01-{ranked[0]}.yaml", f"02-{ranked[1]}.yaml"]
     text = files[0].read_text()
-    assert text.startswith("# clustune best config 1 of 2")
-    assert ranked[0] in text and "fake" in text and "masking flags: ce_gap" in text
+    assert text.startswith("# clustune best config 1 of 2: rank 1 by the audit, flagged")
+    assert ranked[0] in text and "fake" in text and "# flag ce_gap(logprob: 23.0 points)" in text
+    assert files[1].read_text().startswith("# clustune best config 2 of 2: rank 2 by the proxy")
     experiment = load_experiment(fake.path)
     trial = next(t for t in experiment.trials if t.trial_id == ranked[0])
     expected = experiment.trial_config(trial).model_dump()
@@ -255,7 +258,7 @@ def test_cli_export_and_best(finished_experiment, tmp_path, capsys):
     assert (tmp_path / "x" / "trials.parquet").is_file()
     assert main(["best", path, "--top", "1", "--out", str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out.split()
-    assert out[-1] == str(tmp_path / "b" / f"01-{finished_experiment.aa_trial}.yaml")
+    assert out[-1] == str(tmp_path / "b" / "01-b2c3d4e5.yaml")  # the audited a1b2c3d4 is flagged
 
 
 @pytest.mark.parametrize("command", ["export", "best", "report", "dashboard"])

@@ -76,10 +76,11 @@ def test_markdown_report(finished_experiment, tmp_path, source):
                              f"{100 * aa['ce_only_acc']:.1f}",
                              f"{100 * aa['autoattack_acc']:.1f}", "ce_gap", "100 test images"]
     assert len(paper) == len(fake.trials)
-    trials = {r[0]: r for r in _md_rows(text, "All trials")}
+    trials = {r[1]: r for r in _md_rows(text, "All trials")}
     for tid, (_, curve) in fake.trials.items():
-        assert trials[tid][3] == str(len(curve))
-        assert trials[tid][6] == f"{100 * max(curve):.1f}"
+        assert trials[tid][4] == str(len(curve))
+        assert trials[tid][7] == f"{100 * max(curve):.1f}"
+    assert trials[fake.aa_trial][9:12] == ["4.0", "audit, flagged", "ce_gap"]
     (autoattack,) = _md_rows(text, "AutoAttack (final stage)")
     assert autoattack[:4] == [fake.aa_trial, "qtrades (clusters.k=2, clusters.l=15, "
                               "objective.lam=3)", "logprob", "100"]

@@ -63,7 +63,7 @@ def test_diverging_trial_ends_with_its_reason_and_the_search_goes_on(faults_expe
     nan = _trial(faults_experiment, "nan")
     assert nan.status == "TERMINATED" and nan.epochs == 1
     assert nan.diverged.startswith("loss became") and "at epoch 1" in nan.diverged
-    assert nan.best() == {} and nan not in faults_experiment.ranked()  # never ranked
+    assert nan.best() == {} and nan not in faults_experiment.proxy_ranked()  # never ranked
     assert all(t.epochs == 3 for t in faults_experiment.trials if t is not nan)
 
     console = Console(file=io.StringIO(), width=250, record=True)

@@ -16,7 +16,7 @@ def experiment(ray_session, tmp_path_factory, digits_search):
 
 
 def test_final_stage_evaluates_the_best_trials_with_autoattack(experiment):
-    ranked = experiment.ranked()
+    ranked = experiment.proxy_ranked()
     assert select_trials(experiment, 2) == ranked[:2]
     after = run_final_stage(experiment.path, top_k=1, examples=8, heads=["logprob", "raw"])
     files = sorted((experiment.path / "final").glob("*.json"))

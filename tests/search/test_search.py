@@ -62,7 +62,7 @@ def test_warm_start_is_trained_once(asha_experiment):
 def test_status_reads_back_the_experiment(asha_experiment):
     again = load_experiment(asha_experiment.path)
     assert [t.trial_id for t in again.trials] == [t.trial_id for t in asha_experiment.trials]
-    best = again.ranked()[0]
+    best = again.proxy_ranked()[0]
     assert best.best_checkpoint() is not None
 
 
