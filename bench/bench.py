@@ -236,6 +236,7 @@ def bench_ray(rows: Rows, folder: Path) -> Trainer:
     cfg = _config()
     torch.set_num_threads(CORES)
     bare = Trainer(cfg)
+    bare.warm_start()
     bare_epochs = []
     for _ in range(cfg.optim.epochs):
         start = time.perf_counter()
@@ -450,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         if "final" in sections:
             if trainer is None:
                 trainer = Trainer(_config())
+                trainer.warm_start()
                 for _ in range(trainer.cfg.optim.epochs):
                     trainer.train_epoch()
             bench_final(rows, trainer)

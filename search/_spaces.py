@@ -90,8 +90,12 @@ class SearchConfig(_Section):
         return self
 
     def base_dict(self) -> dict[str, Any]:
+        """The trials' common training config; ``threads`` defaults to the CPUs per trial, so
+        that a trial's recorded config reproduces its numbers (``clustune train --config``)."""
         base = load_preset(self.base) if self.base else {}
-        return apply_overrides(base, self.train)
+        base = apply_overrides(base, self.train)
+        base.setdefault("threads", max(1, int(self.search.cpus_per_trial)))
+        return base
 
 
 def suggest(trial: optuna.Trial, cfg: SearchConfig, base: dict[str, Any]) -> dict[str, Any]:

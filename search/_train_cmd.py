@@ -27,6 +27,7 @@ def run_train(cfg: TrainConfig, out: Path) -> dict:
     start = time.perf_counter()
     with progress_bar() as progress:
         trainer = Trainer(cfg, progress=progress)
+        trainer.warm_start()
         claim_output_dir(out)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"),
                                                              sort_keys=False))

@@ -39,6 +39,7 @@ class InjectedFault(RuntimeError):
 
 def _warm_start_key(cfg: TrainConfig) -> str:
     ident = {"data": cfg.data.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
+             "fast": cfg.fast.model_dump(mode="json"), "threads": cfg.threads,
              "seed": cfg.seed, "ce_epochs": cfg.warm_start.ce_epochs, "lr": cfg.warm_start.lr,
              "batch": cfg.batch_size}
     digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
@@ -59,7 +60,9 @@ def shared_warm_start(cfg: TrainConfig, folder: Path, device: str | None = None)
         if not path.exists():
             ce = cfg.model_copy(deep=True)
             ce.objective.variant = "ce"
-            Trainer(ce, device=device).save(path)
+            trainer = Trainer(ce, device=device)
+            trainer.warm_start()
+            trainer.save(path)
         fcntl.flock(lock, fcntl.LOCK_UN)
     data = cfg.model_dump(mode="json")
     data["warm_start"].update(ce_epochs=0, checkpoint=str(path))
@@ -75,8 +78,6 @@ class ClusteringTrainable(tune.Trainable):
         self.base, self.points = base or {}, points or {}
         self.experiment_dir = Path(experiment_dir) if experiment_dir else None
         self.share_warm_start = share_warm_start
-        cpus = int(max(1, self.trial_resources.head_cpus if self.trial_resources else 1))
-        torch.set_num_threads(cpus)
         self._build(config)
 
     def _build(self, config: dict[str, Any]) -> None:
@@ -86,6 +87,7 @@ class ClusteringTrainable(tune.Trainable):
             cfg = shared_warm_start(cfg, self.experiment_dir / "warm_start", device)
         self.cfg = cfg
         self.trainer = Trainer(cfg, device=device)
+        self.trainer.warm_start()
 
     def step(self) -> dict[str, Any]:
         fault = self.cfg.fail_at_epoch

@@ -124,6 +124,8 @@ class TrainConfig(_Section):
     fast: FastPathConfig = FastPathConfig()
     seed: int = 99
     device: str = "auto"  # auto: cuda when there is one
+    threads: int | None = Field(None, ge=1)  # CPU threads (None: PyTorch's default); the
+    # numbers depend on it, so a search records its trials' count here
     fail_at_epoch: int | None = Field(None, ge=1)  # fault injection: raise once at this epoch
 
     @model_validator(mode="after")

@@ -1,7 +1,14 @@
 """The whole training recipe of one trial: data, model, clusters, objective, evaluation.
 
-``Trainer`` is what ``clustune train`` runs and what the Ray Tune Trainable wraps: one call to
+``Trainer`` is what ``clustune train`` runs and what the Ray Tune Trainable wraps: the
+constructor builds (data, model, head, optimiser; a warm-start checkpoint is loaded), then
+:meth:`Trainer.warm_start` trains the CE warm start the config asks for, and one call to
 :meth:`Trainer.train_epoch` is one epoch and returns that epoch's metrics.
+
+Reproducibility: the numbers depend on the seed, the thread count (``threads``, recorded in the
+config) and the device; the warm start draws its batches from a generator of its own, so a
+warm start trained in place and one trained by another process, saved and loaded (a search's
+shared warm start) leave the training run in the same state.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ __all__ = ["Trainer", "TrainingDiverged", "CheckpointError", "load_checkpoint",
 
 CHECKPOINT_FORMAT = "clustune-checkpoint-v1"
 EVAL_BATCH = 500
+WARM_START_SEED_OFFSET = 7919  # the warm start's batches: a stream apart from training's
 
 
 class TrainingDiverged(RuntimeError):
@@ -79,6 +87,8 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(str(device or cfg.device))
         self.progress = progress or _no_progress
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.data = _cached_data(cfg, self.device)
@@ -97,6 +107,7 @@ class Trainer:
         self._free_delta: torch.Tensor | None = None
         self._free_batch: Batch | None = None
         self.epoch = 0
+        self.warm_started = not cfg.warm_start.ce_epochs
         if cfg.warm_start.checkpoint:
             state = load_checkpoint(cfg.warm_start.checkpoint, self.device)
             try:
@@ -104,8 +115,6 @@ class Trainer:
             except RuntimeError as err:
                 raise CheckpointError(f"{cfg.warm_start.checkpoint}: backbone does not match "
                                       f"model.arch={cfg.model.arch}") from err
-        elif cfg.warm_start.ce_epochs:
-            self.warm_start(cfg.warm_start.ce_epochs)
         params = list(self.model.parameters()) + (list(self.head.parameters()) if self.head else [])
         o = cfg.optim
         if o.optimizer == "adam":
@@ -139,18 +148,29 @@ class Trainer:
                               for i in range(0, len(x), EVAL_BATCH)])
 
     # ------------------------------------------------------------ training
-    def warm_start(self, epochs: int) -> None:
-        """CE training of backbone + linear head (the ClusTR warm start)."""
+    def warm_start(self) -> None:
+        """CE training of backbone + linear head for ``warm_start.ce_epochs`` epochs (the
+        ClusTR warm start; nothing when the config asks for none). Its batches come from a
+        generator of its own, and augmentation too (module docstring)."""
+        if self.warm_started:
+            return
         opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.warm_start.lr)
-        steps = epochs * max(1, len(self.data.y_train) // self.cfg.batch_size)
+        steps = self.cfg.warm_start.ce_epochs * max(1, len(self.data.y_train) //
+                                                    self.cfg.batch_size)
+        training_stream = self.generator  # _random_batch and _images draw from self.generator
+        self.generator = torch.Generator().manual_seed(self.cfg.seed + WARM_START_SEED_OFFSET)
         self.model.train()
-        for step in range(steps):
-            x, y = self._random_batch()
-            loss = F.cross_entropy(self.model.linear_logits(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            self.progress("warm start", step + 1, steps)
+        try:
+            for step in range(steps):
+                x, y = self._random_batch()
+                loss = F.cross_entropy(self.model.linear_logits(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                self.progress("warm start", step + 1, steps)
+        finally:
+            self.generator = training_stream
+        self.warm_started = True
 
     def refresh_clusters(self) -> None:
         """Per-class k-means on un-augmented training embeddings (eval mode); head and sampler
@@ -215,6 +235,8 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, Any]:
         """One epoch: train, refresh clusters, evaluate; returns this epoch's metrics."""
+        if not self.warm_started:
+            raise RuntimeError("the config asks for a CE warm start: call warm_start() first")
         start = time.perf_counter()
         cfg = self.cfg
         totals: dict[str, float] = {}
@@ -358,6 +380,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = state["epoch"]
+        self.warm_started = True  # a checkpoint holds a model past its warm start
         self.model.load_state_dict(state["model"])
         # a copy: Optimizer.load_state_dict keeps the given tensors, and they may belong to a
         # live trainer (an in-memory state) whose next steps would update them in place

@@ -80,3 +80,44 @@ def test_dashboard_listens_on_localhost_only(finished_experiment, tmp_path):
             server.kill()
             server.wait()
     assert not _listening(port)
+
+
+def test_the_tensorboard_command_it_prints_starts(finished_experiment, tmp_path):
+    """The set-up installs the TensorBoard viewer, and the command `clustune dashboard` (and
+    the search, and the README) prints serves the experiment's logs."""
+    port, dash_port = _free_port(), _free_port()
+    log = tmp_path / "dashboard.log"
+    with log.open("w") as out:
+        dashboard = subprocess.Popen(
+            [sys.executable, "-m", "search.cli", "dashboard", str(finished_experiment.path),
+             "--port", str(dash_port)], env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "tensorboard --logdir" not in log.read_text():
+            assert dashboard.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        dashboard.send_signal(signal.SIGINT)
+        dashboard.wait(timeout=30)
+    command = next(line for line in log.read_text().splitlines()
+                   if "tensorboard --logdir" in line).split("TensorBoard:", 1)[1].split()
+    assert command[:2] == ["tensorboard", "--logdir"]
+    command[0] = str(Path(sys.executable).parent / "tensorboard")  # the venv's, as after set-up
+    with (tmp_path / "tensorboard.log").open("w") as out:
+        viewer = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert viewer.poll() is None, (tmp_path / "tensorboard.log").read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
+                    assert page.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "TensorBoard never answered"
+                time.sleep(0.5)
+    finally:
+        viewer.terminate()
+        viewer.wait(timeout=30)

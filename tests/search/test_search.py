@@ -104,3 +104,29 @@ def test_share_warm_start_reaches_the_trial(ray_session, tmp_path, digits_search
         assert not (tmp_path / "warm_start").exists()
     assert trial.train()["val_clean_acc"] > 0
     trial.stop()
+
+
+def test_an_exported_config_reproduces_its_trial_exactly(asha_experiment, tmp_path):
+    """`clustune best` then `clustune train --config` gives the search trial's epochs, to the
+    last bit: the same warm start (trained in place here, shared through a file there), random
+    stream and thread count (recorded in the config as `threads`)."""
+    import json
+
+    import torch
+
+    from analysis import best_configs
+    from search.cli import main
+
+    (best,) = best_configs(asha_experiment.path, top=1, out=tmp_path / "best")
+    trial = next(t for t in asha_experiment.trials if t.trial_id in best.name)
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train", "--config", str(best), "--out", str(tmp_path / "run")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    keys = ("train_loss", "val_clean_acc", "val_pgd_acc", "val_robust_acc", "sigma2",
+            "val_margin")
+    assert trial.epochs >= 2
+    assert [{k: r[k] for k in keys} for r in rows[:trial.epochs]] == \
+        [{k: r[k] for k in keys} for r in trial.history]

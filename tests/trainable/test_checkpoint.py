@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 
-from trainable import CheckpointError, Trainer, load_checkpoint, load_classifier
+from trainable import CheckpointError, Trainer, build_config, load_checkpoint, load_classifier
 from trainable._data import as_float
 
 TIMING = ("train_time_s", "epoch_time_s")
@@ -159,3 +159,35 @@ def test_malicious_pickle_is_refused_without_running_code(tmp_path, writer: str)
     # the payload really is live: a plain unpickle would have run it
     pickle.loads(pickle.dumps(Malicious(str(marker))))
     assert marker.exists()
+
+
+def test_the_constructor_builds_and_the_warm_start_is_an_explicit_step(tiny_config):
+    cfg = tiny_config({"warm_start": {"ce_epochs": 1}})
+    untrained = Trainer(cfg)
+    fresh = {k: v.clone() for k, v in untrained.model.state_dict().items()}
+    assert all(torch.equal(v, Trainer(cfg).model.state_dict()[k]) for k, v in fresh.items())
+    with pytest.raises(RuntimeError, match="call warm_start"):
+        untrained.train_epoch()
+    untrained.warm_start()
+    assert any(not torch.equal(v, untrained.model.state_dict()[k]) for k, v in fresh.items())
+
+
+def test_a_warm_start_trained_elsewhere_and_loaded_trains_the_same_run(tiny_config, tmp_path):
+    """A search trains the CE warm start once in another Trainer, saves and loads it; `clustune
+    train` trains it in place. Both must give the same epochs, to the last bit."""
+    cfg = tiny_config({"objective": {"variant": "magnet_adv"}, "warm_start": {"ce_epochs": 1},
+                       "data": {"augment": True}, "optim": {"epochs": 2}})
+    in_place = Trainer(cfg)
+    in_place.warm_start()
+    ce = cfg.model_copy(deep=True)
+    ce.objective.variant = "ce"
+    elsewhere = Trainer(ce)
+    elsewhere.warm_start()
+    elsewhere.save(tmp_path / "warm.pt")
+    data = cfg.model_dump(mode="json")
+    data["warm_start"].update(ce_epochs=0, checkpoint=str(tmp_path / "warm.pt"))
+    loaded = Trainer(build_config(data))
+    for _ in range(2):
+        a, b = in_place.train_epoch(), loaded.train_epoch()
+        for key in ("train_loss", "val_clean_acc", "val_robust_acc", "sigma2", "val_margin"):
+            assert a[key] == b[key], key
