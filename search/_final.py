@@ -7,7 +7,6 @@ evaluations are kept, and an interrupted one resumes from its state file.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import ray
@@ -24,9 +23,9 @@ from analysis import (
 )
 from trainable import TrainConfig
 
-from ._console import UsageError, console
+from ._console import UsageError, console, progress_bar
 
-__all__ = ["select_trials", "run_final_stage", "final_table", "FINAL_DIR"]
+__all__ = ["select_trials", "run_final_stage", "final_table", "FINAL_DIR", "ProgressBoard"]
 
 FINAL_DIR = "final"
 
@@ -72,21 +71,32 @@ def _already_done(result: Path, examples: int, version: str) -> bool:
     return done.n_examples >= examples and done.version == version
 
 
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    """Where the evaluations post their progress, for the driver's progress bars."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, tuple[str, int, int]] = {}
+
+    def post(self, name: str, stage: str, done: int, total: int) -> None:
+        self.state[name] = (stage, done, total)
+
+    def read(self) -> dict[str, tuple[str, int, int]]:
+        return self.state
+
+
 @ray.remote
 def _evaluate(checkpoint: str, head: str, examples: int, version: str, result_path: str,
-              state_path: str) -> str:
-    """One AutoAttack evaluation inside a Ray worker; progress lines reach the driver."""
+              state_path: str, board: ray.actor.ActorHandle) -> str:
+    """One AutoAttack evaluation inside a Ray worker; its progress goes to the board."""
     import torch
 
     from analysis import evaluate_checkpoint, save_result
 
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-    last = [0.0]
 
     def progress(stage: str, done: int, total: int) -> None:
-        if time.monotonic() - last[0] > 30 or done == total:
-            last[0] = time.monotonic()
-            print(f"{Path(result_path).stem}: {stage} {done}/{total}", flush=True)
+        board.post.remote(Path(result_path).stem, stage, done, total)
 
     result = evaluate_checkpoint(checkpoint, head=None if head == "linear" else head,
                                  examples=examples, version=version, device=device,
@@ -107,6 +117,7 @@ def run_final_stage(experiment_dir: Path, top_k: int, examples: int,
                          "(none finished one, or all diverged)")
     out = Path(experiment_dir) / FINAL_DIR
     out.mkdir(exist_ok=True)
+    board = ProgressBoard.remote()
     pending = []
     for trial in chosen:
         ckpt = trial.best_checkpoint(experiment.metric, experiment.mode)
@@ -119,19 +130,39 @@ def run_final_stage(experiment_dir: Path, top_k: int, examples: int,
                 continue
             state = out / f"{trial.trial_id}-{head}-{version}-{examples}.state"
             pending.append(_evaluate.options(num_cpus=1, num_gpus=gpus_per_task).remote(
-                str(ckpt), head, examples, version, str(result), str(state)))
+                str(ckpt), head, examples, version, str(result), str(state), board))
     if pending:
         console.print(f"final stage: AutoAttack ({version}) on {examples} test images for "
                       f"{len(pending)} evaluation(s) -> {out}")
-    done = 0
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        done += 1
-        console.print(f"final stage: {Path(ray.get(ready[0])).name} done ({done}/"
-                      f"{done + len(pending)})")
+    _wait_with_progress(pending, board)
+    ray.kill(board)
     experiment = load_experiment(experiment_dir)
     console.print(final_table(experiment))
     return experiment
+
+
+def _wait_with_progress(pending: list, board: ray.actor.ActorHandle) -> None:
+    """Wait for the evaluations: a bar per evaluation and stage on a terminal, a line per
+    stage finished and per evaluation done in a log."""
+    total, done, said = len(pending), 0, set()
+    with progress_bar() as show:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            finished = {Path(ray.get(ref)).stem for ref in ready}
+            for name, (stage, count, size) in ray.get(board.read.remote()).items():
+                if (name, stage) in said:
+                    continue
+                if name in finished:
+                    count = size  # its last posts may still be on their way
+                show(f"{name}: {stage}", count, size)
+                if count >= size:
+                    said.add((name, stage))
+                    if not console.is_terminal:
+                        console.print(f"final stage: {name} {stage} {count}/{size}",
+                                      markup=False)
+            for name in sorted(finished):
+                done += 1
+                console.print(f"final stage: {name}.json done ({done}/{total})", markup=False)
 
 
 def final_table(experiment: Experiment) -> Table:

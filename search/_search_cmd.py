@@ -33,7 +33,7 @@ def _watch_hints(experiment_dir: Path, dashboard: str | None) -> None:
 
 
 def run_search(cfg: SearchConfig, experiment_dir: Path, address: str | None = None,
-               num_cpus: int | None = None) -> Experiment:
+               num_cpus: int | None = None, verbose: bool = False) -> Experiment:
     """Launch a new search; returns the experiment as read back from its folder."""
     experiment_dir = experiment_dir.resolve()
     if experiment_dir.exists() and any(experiment_dir.iterdir()):
@@ -43,7 +43,7 @@ def run_search(cfg: SearchConfig, experiment_dir: Path, address: str | None = No
     if embedded(address):
         check_inputs(cfg)
     dashboard = start_ray(address, num_cpus)
-    tuner = build_tuner(cfg, experiment_dir, experiment_dir.name)
+    tuner = build_tuner(cfg, experiment_dir, experiment_dir.name, verbose=verbose)
     _watch_hints(experiment_dir, dashboard)
     return _fit(tuner, experiment_dir)
 
@@ -134,7 +134,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         f"-{time.strftime('%Y%m%d-%H%M%S')}"
     if not NAME_RE.match(name):
         raise UsageError(f"--name {name!r}: use letters, digits, '-', '_' or '.'")
-    run_search(cfg, Path(args.storage) / name, args.address)
+    run_search(cfg, Path(args.storage) / name, args.address, verbose=args.verbose)
     return 0
 
 
@@ -183,6 +183,8 @@ def add_search_commands(sub, add_config_args) -> None:
     p.add_argument("--final-top-k", type=int, help="best trials re-evaluated with AutoAttack "
                    "at the end (0: skip)")
     p.add_argument("--final-examples", type=int, help="test images per final evaluation")
+    p.add_argument("--verbose", action="store_true", help="show Ray Tune's own output (a box "
+                   "per trial, status tables) besides the live view")
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("resume", help="continue an interrupted search",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,8 @@ class ClusteringTrainable(tune.Trainable):
         self.base, self.points = base or {}, points or {}
         self.experiment_dir = Path(experiment_dir) if experiment_dir else None
         self.share_warm_start = share_warm_start
+        # a line per checkpoint from Ray's workers drowns the live view; the folder has them
+        logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
         self._build(config)
 
     def _build(self, config: dict[str, Any]) -> None:
@@ -97,10 +100,11 @@ class ClusteringTrainable(tune.Trainable):
             metrics = self.trainer.train_epoch()
         except TrainingDiverged as err:
             return {"diverged": str(err), "val_clean_acc": 0.0, "val_robust_acc": 0.0,
-                    "val_pgd_acc": 0.0, "done": True}
+                    "val_pgd_acc": 0.0, "trial_complete": False, "done": True}
         metrics.pop("cluster_sizes", None)
         metrics.pop("epoch", None)
-        metrics["done"] = self.trainer.epoch >= self.cfg.optim.epochs
+        # Tune sets "done" on a trial its scheduler stops too; this says the trial ran its budget
+        metrics["trial_complete"] = metrics["done"] = self.trainer.epoch >= self.cfg.optim.epochs
         return metrics
 
     def _first_time(self, tag: str) -> bool:

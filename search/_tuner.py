@@ -23,6 +23,7 @@ from analysis import META_FILE, read_meta
 from trainable import atomic_write_text
 
 from ._console import UsageError
+from ._live import LiveView, quiet_ray_output
 from ._spaces import SearchConfig, suggest
 from ._trainable import ClusteringTrainable
 
@@ -125,9 +126,11 @@ def _max_epochs(cfg: SearchConfig) -> int:
 
 
 def build_tuner(cfg: SearchConfig, experiment_dir: Path, name: str,
-                callbacks: list[tune.Callback] | None = None) -> tune.Tuner:
+                callbacks: list[tune.Callback] | None = None, verbose: bool = False
+                ) -> tune.Tuner:
     """A Tuner for a new search; writes the experiment's metadata file first. ``callbacks``
-    (Tune callbacks) watch it from the driver, e.g. to time it."""
+    (Tune callbacks) watch it from the driver, e.g. to time it; the live view is one, and Ray
+    Tune's own output shows only when ``verbose``."""
     s = cfg.search
     experiment_dir.mkdir(parents=True, exist_ok=True)
     study_name = f"clustune-{name}"
@@ -164,7 +167,9 @@ def build_tuner(cfg: SearchConfig, experiment_dir: Path, name: str,
             num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric,
             checkpoint_score_order=s.mode, checkpoint_frequency=1, checkpoint_at_end=False),
         failure_config=tune.FailureConfig(max_failures=s.max_failures),
-        callbacks=callbacks, verbose=1)
+        callbacks=[*(callbacks or []), LiveView(len(cfg.points) or s.num_samples, s.metric,
+                                                s.mode)],
+        verbose=quiet_ray_output(verbose))
     return tune.Tuner(_trainable(cfg, experiment_dir), tune_config=tune_config,
                       run_config=run_config)
 
@@ -179,6 +184,7 @@ def restore_tuner(experiment_dir: Path) -> tune.Tuner:
     cfg = SearchConfig.model_validate(meta["config"])
     if not tune.Tuner.can_restore(str(experiment_dir)):
         raise UsageError(f"{experiment_dir} has no search state to resume yet")
+    quiet_ray_output(verbose=False)  # the restored RunConfig keeps the search's verbosity
     return tune.Tuner.restore(str(experiment_dir.resolve()),
                               trainable=_trainable(cfg, experiment_dir),
                               resume_unfinished=True, resume_errored=True)

@@ -53,6 +53,8 @@ def test_sigint_then_resume_runs_every_trial_once(tmp_path, digits_search, clust
     resume.wait(timeout=400)
     out = resume.log.read_text()
     assert resume.returncode == 0, out
+    # the live view of the resumed search counts the trials finished before the interrupt
+    assert "search ended: trials 5/5 done (5 finished)" in out, out
     after = load_experiment(exp_dir)
     assert len(after.trials) == 5
     assert all(t.status == "TERMINATED" and t.epochs == 2 for t in after.trials), out
