@@ -23,7 +23,7 @@ from trainable import (
 from trainable._config import NUM_CLASSES, _Section, load_preset, read_yaml, validation_message
 
 __all__ = ["ParamSpec", "SearchSettings", "SearchConfig", "load_search_config",
-           "list_search_presets", "suggest", "check_inputs"]
+           "list_search_presets", "suggest", "check_inputs", "DEPENDENT"]
 
 
 class ParamSpec(_Section):
@@ -98,29 +98,52 @@ class SearchConfig(_Section):
         return base
 
 
+DEPENDENT = ("clusters.l", "clusters.m")  # their feasible range depends on the K drawn
+FRACTION, CHOICE = "@fraction", "@choice"  # suffixes of the draws behind a dependent value
+
+
+def _feasible_max(name: str, k: int, classes: int) -> int:
+    """L <= C*K; M <= C*K and M-1 <= (C-1)*K (enough impostor clusters)."""
+    return classes * k if name == "clusters.l" else min(classes * k, (classes - 1) * k + 1)
+
+
+def _draw(trial: optuna.Trial, name: str, spec: ParamSpec) -> Any:
+    if spec.type == "categorical":
+        return trial.suggest_categorical(name, spec.choices)
+    if spec.type == "int":
+        return trial.suggest_int(name, int(spec.low), int(spec.high), log=spec.log,
+                                 step=int(spec.step or 1))
+    return trial.suggest_float(name, spec.low, spec.high, log=spec.log, step=spec.step)
+
+
+def _dependent(trial: optuna.Trial, name: str, spec: ParamSpec, limit: int) -> Any:
+    """A value within [low, min(high, limit)] from a draw whose distribution never changes
+    (a fraction of the feasible range, or a choice clamped to it), so TPE can model it."""
+    if spec.type == "categorical":
+        choice = trial.suggest_categorical(name + CHOICE, spec.choices)
+        return min(choice, limit) if isinstance(choice, (int, float)) else choice
+    fraction = trial.suggest_float(name + FRACTION, 0.0, 1.0)
+    high = min(spec.high, limit)
+    low = min(spec.low, high)
+    value = low * (high / low) ** fraction if spec.log else low + fraction * (high - low)
+    return int(round(value)) if spec.type == "int" else value
+
+
 def suggest(trial: optuna.Trial, cfg: SearchConfig, base: dict[str, Any]) -> dict[str, Any]:
-    """Define-by-run sampling that keeps L <= C*K and M-1 <= (C-1)*K whatever K is drawn."""
+    """A trial's parameters (dotted config paths). Every Optuna draw has one fixed
+    distribution: L and M are drawn as fractions of their feasible range (``NAME@fraction``;
+    categorical ones as ``NAME@choice``, clamped) and resolved after K, whatever the order
+    of the space's keys; the resolved values are returned under their own names."""
     if cfg.points:
         return {"point": trial.suggest_categorical("point", list(cfg.points))}
-    out: dict[str, Any] = {}
+    out = {name: _draw(trial, name, spec) for name, spec in sorted(cfg.space.items())
+           if name not in DEPENDENT}
     classes = NUM_CLASSES[base.get("data", {}).get("dataset", "fashion-mnist")]
-    base_k = base.get("clusters", {}).get("k", 2)
-    for name, spec in cfg.space.items():
-        if spec.type == "categorical":
-            out[name] = trial.suggest_categorical(name, spec.choices)
-            continue
-        low, high = spec.low, spec.high
-        k = out.get("clusters.k", base_k)
-        if name == "clusters.l":
-            high = min(high, classes * k)
-        elif name == "clusters.m":
-            high = min(high, classes * k, (classes - 1) * k + 1)
-        low = min(low, high)
-        if spec.type == "int":
-            out[name] = trial.suggest_int(name, int(low), int(high), log=spec.log,
-                                          step=int(spec.step or 1))
-        else:
-            out[name] = trial.suggest_float(name, low, high, log=spec.log, step=spec.step)
+    k = out.get("clusters.k", base.get("clusters", {}).get("k", 2))
+    for name in DEPENDENT:
+        if name in cfg.space:
+            out[name] = _dependent(trial, name, cfg.space[name],
+                                   _feasible_max(name, k, classes))
     return out
 
 

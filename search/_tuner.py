@@ -17,14 +17,14 @@ import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
 
 from analysis import META_FILE, read_meta
 from trainable import atomic_write_text
 
 from ._console import UsageError
 from ._live import LiveView, quiet_ray_output
-from ._spaces import SearchConfig, suggest
+from ._optuna import FidelityOptunaSearch
+from ._spaces import DEPENDENT, SearchConfig, suggest
 from ._trainable import ClusteringTrainable
 
 __all__ = ["start_ray", "embedded", "check_gpus", "build_tuner", "restore_tuner", "read_meta",
@@ -143,7 +143,7 @@ def build_tuner(cfg: SearchConfig, experiment_dir: Path, name: str,
     multi = s.multi_objective and not cfg.points
     metric: str | list[str] = s.objectives if multi else s.metric
     mode: str | list[str] = ["max"] * len(s.objectives) if multi else s.mode
-    searcher = OptunaSearch(space=functools.partial(_define_by_run, cfg=cfg, base=base),
+    searcher = FidelityOptunaSearch(space=functools.partial(_define_by_run, cfg=cfg, base=base),
                             metric=metric, mode=mode, sampler=_sampler(cfg),
                             study_name=study_name, storage=storage)
     limited = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
@@ -174,8 +174,12 @@ def build_tuner(cfg: SearchConfig, experiment_dir: Path, name: str,
                       run_config=run_config)
 
 
-def _define_by_run(trial: optuna.Trial, cfg: SearchConfig, base: dict[str, Any]) -> None:
-    suggest(trial, cfg, base)
+def _define_by_run(trial: optuna.Trial, cfg: SearchConfig, base: dict[str, Any]
+                   ) -> dict[str, Any]:
+    """The draws are the Optuna trial's parameters; the values resolved from them (L and M)
+    are returned, and Ray Tune adds them to the trial's config."""
+    params = suggest(trial, cfg, base)
+    return {name: params[name] for name in DEPENDENT if name in params}
 
 
 def restore_tuner(experiment_dir: Path) -> tune.Tuner:

@@ -252,7 +252,9 @@ def resolve_trial_config(base: dict[str, Any], points: dict[str, dict[str, Any]]
                          params: dict[str, Any]) -> TrainConfig:
     """A search trial's config: base, then its fixed point (params["point"], if any), then its
     sampled knobs (dotted names such as "clusters.k")."""
-    params = dict(params)
+    # NAME@...: the search's draw behind a resolved value (e.g. clusters.l@fraction), kept in
+    # the trial's record; the value itself is under NAME
+    params = {k: v for k, v in params.items() if "@" not in k}
     point = params.pop("point", None)
     merged = apply_overrides(base, points[point]) if point is not None else base
     knobs: dict[str, Any] = {}

@@ -41,18 +41,35 @@ def test_asha_stops_some_trials_early(asha_experiment):
     assert min(epochs) < 4, f"ASHA stopped no trial: {epochs}"
 
 
-def test_optuna_study_is_persisted_and_readable(asha_experiment):
+def test_the_study_knows_what_asha_stopped(asha_experiment):
+    """A trial ASHA stopped is PRUNED, one that ran its budget COMPLETE with its last value;
+    both carry every epoch's value as an intermediate value (optuna-dashboard's curves)."""
     meta = read_meta(asha_experiment.path)
     study = optuna.load_study(study_name=meta["study_name"], storage=meta["study_storage"])
     assert len(study.trials) == 8
-    assert {"clusters.k", "clusters.l", "objective.lam"} <= set(study.trials[0].params)
-    for t in study.trials:
-        assert t.params["clusters.l"] <= 10 * t.params["clusters.k"]
+    by_params = {tuple(sorted(t.params.items())): t for t in study.trials}
+    states = set()
+    for trial in asha_experiment.trials:
+        draws = {k: v for k, v in trial.params.items() if k != "clusters.l"}
+        frozen = by_params[tuple(sorted(draws.items()))]
+        curve = {r["training_iteration"]: r["val_robust_acc"] for r in trial.history}
+        assert frozen.intermediate_values == curve
+        if trial.epochs == 4:
+            assert frozen.state == optuna.trial.TrialState.COMPLETE
+            assert frozen.value == curve[4]
+        else:
+            assert frozen.state == optuna.trial.TrialState.PRUNED
+        states.add(frozen.state)
+    assert states == {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
 
 
-def test_space_constraints_hold_in_every_trial(asha_experiment):
+def test_l_is_drawn_as_a_fraction_of_its_feasible_range(asha_experiment):
+    """The study sees one fixed distribution (clusters.l@fraction in [0, 1]); the trial's
+    config and exports keep the resolved L, within 2 <= L <= min(20, C*K)."""
     for t in asha_experiment.trials:
-        assert t.params["clusters.l"] <= 10 * t.params["clusters.k"]
+        fraction = t.params["clusters.l@fraction"]
+        high = min(20, 10 * t.params["clusters.k"])
+        assert t.params["clusters.l"] == round(2 + fraction * (high - 2))
 
 
 def test_warm_start_is_trained_once(asha_experiment):

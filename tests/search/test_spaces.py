@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from search import list_search_presets, load_search_config
-from search._spaces import suggest
+from search._spaces import ParamSpec, suggest
 from trainable import resolve_trial_config
 
 
@@ -103,3 +103,49 @@ def test_dashboard_needs_rays_own_dashboard_modules_not_just_aiohttp(monkeypatch
     monkeypatch.setitem(sys.modules, "aiohttp", aiohttp)
     monkeypatch.delitem(sys.modules, "ray.dashboard.optional_deps", raising=False)
     assert not _tuner.dashboard_available()
+
+
+def _draw_all(cfg, seed: int = 3, n: int = 100) -> list[tuple[dict, dict]]:
+    """(study distributions, resolved params) of n random draws."""
+    base = cfg.base_dict()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        params = suggest(trial, cfg, base)
+        out.append((dict(trial.distributions), {**trial.params, **params}))
+        study.tell(trial, 0.0)
+    return out
+
+
+def test_every_draw_has_one_fixed_distribution_whatever_k_is():
+    """TPE models each parameter by one distribution: L's draw is a fraction of its feasible
+    range, never a range that moves with the K drawn before it."""
+    draws = _draw_all(load_search_config("cpu-ablation"))
+    for name in ("clusters.l@fraction", "clusters.m@fraction", "clusters.k"):
+        assert len({repr(d[name]) for d, _ in draws}) == 1, name
+    assert {d["clusters.l@fraction"] for d, _ in draws} == {
+        optuna.distributions.FloatDistribution(0.0, 1.0)}
+    ks = {p["clusters.k"] for _, p in draws}
+    assert len(ks) > 1  # the distributions stayed fixed across different K
+
+
+def test_the_space_does_not_depend_on_key_order():
+    """The same space with clusters.l listed before clusters.k draws the same trials (it was
+    refused before: "clusters.l=29 exceeds C*K=20")."""
+    cfg = load_search_config("cpu-ablation")
+    reordered = cfg.model_copy(update={"space": dict(reversed(list(cfg.space.items())))})
+    assert list(reordered.space)[-1] == "objective.variant"
+    assert [p for _, p in _draw_all(cfg)] == [p for _, p in _draw_all(reordered)]
+
+
+def test_categorical_l_and_m_are_clamped_to_the_clusters():
+    quick = load_search_config("quick")
+    cfg = quick.model_copy(update={"space": {
+        **quick.space, "clusters.l": ParamSpec(type="categorical", choices=[2, 15, 30]),
+        "clusters.k": ParamSpec(type="int", low=1, high=2)}})
+    base = cfg.base_dict()
+    for _, params in _draw_all(cfg):
+        assert params["clusters.l"] <= 10 * params["clusters.k"]
+        assert params["clusters.l@choice"] in (2, 15, 30)
+        resolve_trial_config(base, {}, params)

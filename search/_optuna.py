@@ -1,0 +1,43 @@
+"""Optuna through Ray Tune, told what the scheduler knows.
+
+Ray's ``OptunaSearch`` reports a trial that ASHA stopped after one epoch to the study as
+COMPLETE with its one-epoch score, so TPE mixes partial-budget scores with final ones. Here a
+trial that ran its whole budget is COMPLETE with its final value, and one the scheduler stopped
+is PRUNED at the epoch it reached (TPE ranks pruned trials by how far they got, then by their
+last value); both keep their per-epoch values as Optuna intermediate values, which
+optuna-dashboard draws as learning curves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+__all__ = ["FidelityOptunaSearch"]
+
+
+class FidelityOptunaSearch(OptunaSearch):
+    """OptunaSearch that marks scheduler-stopped trials PRUNED.
+
+    The Trainable reports ``trial_complete`` (True once its last epoch is done); Tune's own
+    ``done`` is also set on a trial its scheduler stops, so it cannot tell the two apart.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                          error: bool = False) -> None:
+        single = not isinstance(self.metric, list)
+        value = result.get(self.metric) if single and result else None
+        if value is not None and trial_id not in self._completed_trials:
+            # Tune hands the last epoch's result to on_trial_complete, not on_trial_result
+            self._ot_trials[trial_id].report(value, result["training_iteration"])
+        stopped = value is not None and not error and not result.get("trial_complete", True)
+        if not stopped or trial_id in self._completed_trials:
+            super().on_trial_complete(trial_id, result, error)
+            return
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        except (ValueError, RuntimeError) as err:  # e.g. the trial was told already
+            optuna.logging.get_logger(__name__).warning(str(err))
+        self._completed_trials.add(trial_id)
