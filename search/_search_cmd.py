@@ -12,6 +12,7 @@ from rich.table import Table
 from analysis import Experiment, TrialRecord, load_experiment, rank_trials
 
 from ._console import UsageError, console
+from ._driver import graceful_interrupts
 from ._final import final_table, run_final_stage
 from ._spaces import SearchConfig, SearchSettings, check_inputs, load_search_config
 from ._tuner import build_tuner, check_gpus, embedded, read_meta, restore_tuner, start_ray
@@ -62,7 +63,8 @@ def resume_search(experiment_dir: Path, address: str | None = None,
 
 def _fit(tuner, experiment_dir: Path) -> Experiment:
     start = time.perf_counter()
-    tuner.fit()
+    with graceful_interrupts():
+        tuner.fit()
     experiment = load_experiment(experiment_dir)
     wall = time.perf_counter() - start
     unfinished = [t for t in experiment.trials if t.status not in ("TERMINATED", "ERROR")]

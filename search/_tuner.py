@@ -22,6 +22,7 @@ from analysis import META_FILE, read_meta
 from trainable import atomic_write_text
 
 from ._console import UsageError
+from ._driver import DriverFault, GracefulInterrupt
 from ._live import LiveView, quiet_ray_output
 from ._optuna import FidelityOptunaSearch
 from ._spaces import DEPENDENT, SearchConfig, suggest
@@ -57,11 +58,11 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> str | 
 
     Returns the dashboard URL when there is one. Servers bind to 127.0.0.1.
     """
-    if ray.is_initialized():
-        return None
     address = address or os.environ.get("RAY_ADDRESS")
     if address and address != "auto" and not _reachable(address):
         raise UsageError(f"cannot reach a Ray cluster at {address}")
+    if ray.is_initialized():
+        return None
     kwargs: dict[str, Any] = {"logging_level": "ERROR", "configure_logging": True}
     if address:
         context = ray.init(address=address, **kwargs)
@@ -167,8 +168,8 @@ def build_tuner(cfg: SearchConfig, experiment_dir: Path, name: str,
             num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric,
             checkpoint_score_order=s.mode, checkpoint_frequency=1, checkpoint_at_end=False),
         failure_config=tune.FailureConfig(max_failures=s.max_failures),
-        callbacks=[*(callbacks or []), LiveView(len(cfg.points) or s.num_samples, s.metric,
-                                                s.mode)],
+        callbacks=[*(callbacks or []), GracefulInterrupt(), DriverFault(),
+                   LiveView(len(cfg.points) or s.num_samples, s.metric, s.mode)],
         verbose=quiet_ray_output(verbose))
     return tune.Tuner(_trainable(cfg, experiment_dir), tune_config=tune_config,
                       run_config=run_config)

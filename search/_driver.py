@@ -1,0 +1,129 @@
+"""The driver's side of a running search: a Ctrl-C that loses and repeats nothing, and faults
+injected at exact events for the tests.
+
+Ray Tune writes a trial's result before its checkpoint is recorded; stopped in between (its own
+Ctrl-C handling does that), a trial resumes from its previous checkpoint and runs the recorded
+epoch again. So clustune takes SIGINT itself: the first Ctrl-C waits until every running
+trial's last result has its checkpoint, then asks Tune to stop (SIGUSR1, Tune's own stop
+signal), which saves the search state and ends the run; a second Ctrl-C stops at once.
+
+The state lives in this module, not in the callbacks: Tune pickles its callbacks with the
+search and a resumed search runs the restored copies.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import contextmanager
+from typing import Any
+
+from ray import tune
+
+from ._console import console
+
+__all__ = ["GracefulInterrupt", "DriverFault", "graceful_interrupts", "FAULT_ENV"]
+
+FAULT_ENV = "CLUSTUNE_DRIVER_FAULT"  # EVENT:N:ACTION, e.g. trial_result:3:sigint (tests)
+EVENTS = ("trial_result", "checkpoint", "trial_complete")
+ACTIONS = {"sigint": signal.SIGINT, "sigkill": signal.SIGKILL}
+
+
+class _State:
+    requested = False  # a Ctrl-C is waiting for a consistent point
+    signalled = False  # Tune has been asked to stop
+    awaiting: set[str] = set()  # trials whose last result has no checkpoint yet
+
+
+_STATE = _State()
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    if _STATE.requested:
+        raise KeyboardInterrupt
+    _STATE.requested = True
+    console.print("stopping once every running trial's last epoch is checkpointed; "
+                  "Ctrl-C again to stop at once", markup=False)
+
+
+@contextmanager
+def graceful_interrupts():
+    """Take SIGINT for the duration of a search (in the main thread; elsewhere a no-op)."""
+    _STATE.requested, _STATE.signalled, _STATE.awaiting = False, False, set()
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Tune keeps its SIGUSR1 stop handler
+    try:
+        previous = signal.signal(signal.SIGINT, _on_sigint)
+    except ValueError:  # not the main thread: Tune cannot install its handlers either
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class GracefulInterrupt(tune.Callback):
+    """Tracks results awaiting their checkpoint; stops Tune at the first consistent point
+    after a Ctrl-C."""
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        _STATE.awaiting.add(trial.trial_id)
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
+                      **info: Any) -> None:
+        _STATE.awaiting.discard(trial.trial_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        _STATE.awaiting.discard(trial.trial_id)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        _STATE.awaiting.discard(trial.trial_id)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        running = {t.trial_id for t in trials if t.status == "RUNNING"}
+        if _STATE.requested and not _STATE.signalled and not (_STATE.awaiting & running):
+            _STATE.signalled = True
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+class DriverFault(tune.Callback):
+    """Sends ACTION to the driver itself at the N-th EVENT (``CLUSTUNE_DRIVER_FAULT``, read
+    when the search starts or resumes), e.g. a Ctrl-C between a result and its checkpoint."""
+
+    def __init__(self) -> None:
+        self._arm()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._arm()
+
+    def _arm(self) -> None:
+        self.seen = 0
+        self.event, self.count, self.action = None, 0, None
+        spec = os.environ.get(FAULT_ENV)
+        if spec:
+            event, count, action = spec.split(":")
+            if event not in EVENTS or action not in ACTIONS:
+                raise ValueError(f"{FAULT_ENV}={spec}: EVENT:N:ACTION with EVENT in "
+                                 f"{EVENTS} and ACTION in {tuple(ACTIONS)}")
+            self.event, self.count, self.action = event, int(count), ACTIONS[action]
+
+    def _event(self, name: str) -> None:
+        if name == self.event:
+            self.seen += 1
+            if self.seen == self.count:
+                os.kill(os.getpid(), self.action)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        self._event("trial_result")
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
+                      **info: Any) -> None:
+        self._event("checkpoint")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._event("trial_complete")
