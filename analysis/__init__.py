@@ -6,6 +6,7 @@
 
 from ._autoattack import (
     SCHEMA_VERSION,
+    ResultError,
     RobustnessResult,
     evaluate_checkpoint,
     evaluate_robustness,
@@ -26,7 +27,8 @@ from ._results import (
 
 __all__ = [
     "EPOCHS_SCHEMA", "FLAG_LEGEND", "META_FILE", "SCHEMA_VERSION", "TRIALS_SCHEMA", "Experiment",
-    "ExperimentError", "Flag", "RankedTrial", "RobustnessResult", "TrialRecord", "best_configs",
+    "ExperimentError", "Flag", "RankedTrial", "ResultError", "RobustnessResult", "TrialRecord",
+    "best_configs",
     "evaluate_checkpoint", "evaluate_robustness", "export_experiment", "flags_of",
     "load_experiment", "load_result", "pareto_front", "rank_trials", "read_meta", "save_result",
     "write_report",

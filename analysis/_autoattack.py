@@ -74,6 +74,7 @@ from torch import nn
 from trainable import (
     Classifier,
     ClusterHead,
+    ClustuneError,
     atomic_write_text,
     embedding_margin_loss,
     frozen,
@@ -82,8 +83,8 @@ from trainable import (
     pgd_linf,
 )
 
-__all__ = ["RobustnessResult", "SCHEMA_VERSION", "evaluate_checkpoint", "evaluate_robustness",
-           "load_result", "save_result"]
+__all__ = ["RobustnessResult", "ResultError", "SCHEMA_VERSION", "evaluate_checkpoint",
+           "evaluate_robustness", "load_result", "save_result"]
 
 SCHEMA_VERSION = "clustune-robustness-v1"
 STATE_FORMAT = "clustune-autoattack-state-v1"
@@ -159,17 +160,24 @@ def save_result(result: RobustnessResult, path: str | Path) -> Path:
     return path
 
 
+class ResultError(ClustuneError, ValueError):
+    """A file that is not a readable result of this schema."""
+
+
 def load_result(path: str | Path) -> RobustnessResult:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
-        raise ValueError(f"cannot read {path}: {err.strerror}") from None
+        raise ResultError(f"cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ResultError(f"{path}: not a text file (a {SCHEMA_VERSION} result was expected)") \
+            from None
     try:
         return RobustnessResult.from_json(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not JSON ({err.msg}, line {err.lineno})") from None
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise ResultError(f"{path}: not JSON ({err.msg}, line {err.lineno})") from None
+    except (ValueError, TypeError) as err:
+        raise ResultError(f"{path}: {err}") from None
 
 
 # ------------------------------------------------------------------ options and threat model

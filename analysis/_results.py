@@ -7,12 +7,13 @@ statuses, so it works on a finished search and on one that is still running.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainable import TrainConfig, resolve_trial_config
+from trainable import ClustuneError, TrainConfig, resolve_trial_config
 
 __all__ = ["TrialRecord", "Experiment", "load_experiment", "read_meta", "ExperimentError",
            "META_FILE"]
@@ -20,8 +21,12 @@ __all__ = ["TrialRecord", "Experiment", "load_experiment", "read_meta", "Experim
 META_FILE = "clustune.json"
 
 
-class ExperimentError(ValueError):
+class ExperimentError(ClustuneError, ValueError):
     """A folder that is not a clustune experiment."""
+
+
+log = logging.getLogger("clustune")  # "skipped FILE: why" for files a reader can do without
+FINAL_FIELDS = ("clean_acc", "autoattack_acc", "ce_only_acc", "n_examples", "per_attack_acc")
 
 
 @dataclass
@@ -96,6 +101,7 @@ class Experiment:
     trials: list[TrialRecord]
     configs: dict[str, dict[str, Any]] | None = None  # trial id -> config (read from an export)
     finals: list[dict[str, Any]] | None = None  # the final stage's results (read from an export)
+    skipped: set[str] = field(default_factory=set)  # files read around, each said once
 
     @property
     def metric(self) -> str:
@@ -133,15 +139,26 @@ class Experiment:
             return self.finals
         results = []
         for file in sorted((self.path / "final").glob("*-*.json")):
-            try:
-                result = json.loads(file.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue  # not written yet
+            try:  # written atomically: a file that does not parse is damaged, not half-written
+                result = json.loads(file.read_text(encoding="utf-8"))
+                problem = None if isinstance(result, dict) and all(
+                    k in result for k in FINAL_FIELDS) else "not a final-stage result"
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+                problem = f"unreadable ({err.__class__.__name__})"
+            if problem:
+                self._skip(file, problem)
+                continue
             trial_id, _, head = file.stem.partition("-")
             result.setdefault("trial_id", trial_id)
             result.setdefault("head", head)
             results.append(result)
         return results
+
+    def _skip(self, file: Path, why: str) -> None:
+        message = f"skipped {file}: {why}"
+        if message not in self.skipped:
+            self.skipped.add(message)
+            log.warning(message)
 
     def proxy_ranked(self) -> list[TrialRecord]:
         """Trials with at least one scored epoch, best first by the search metric at their best

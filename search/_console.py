@@ -9,12 +9,14 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from trainable import ClustuneError
+
 console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
 __all__ = ["console", "UsageError", "progress_bar", "format_metrics"]
 
 
-class UsageError(Exception):
+class UsageError(ClustuneError):
     """A problem with what the user asked for: one line, exit code 2."""
 
 

@@ -176,14 +176,14 @@ def final_table(experiment: Experiment) -> Table:
     results = sorted(experiment.final_results(),
                      key=lambda r: (order.get(r["trial_id"], len(order) + 1), r["head"]))
     for r in results:
-        per = r["per_attack_acc"]
-        worst = r.get("worst_case_acc")
+        per = r.get("per_attack_acc") or {}
+        adaptive, worst = r.get("adaptive_acc"), r.get("worst_case_acc")
         table.add_row(str(order.get(r["trial_id"], "-")), r["trial_id"], r["head"],
                       str(r["n_examples"]), f"{r['clean_acc']:.4f}",
                       *(f"{per[a]:.4f}" if a in per else "-"
                         for a in ("apgd-ce", "apgd-t", "fab-t", "square")),
                       f"{r['autoattack_acc']:.4f}", f"{r['ce_only_acc']:.4f}",
-                      "-" if r["adaptive_acc"] is None else f"{r['adaptive_acc']:.4f}",
+                      "-" if adaptive is None else f"{adaptive:.4f}",
                       "-" if worst is None else f"{worst:.4f}",
                       ", ".join(str(f) for f in flags_of(r)) or "none")
     return table

@@ -24,10 +24,9 @@ __all__ = ["LiveView", "quiet_ray_output"]
 def quiet_ray_output(verbose: bool) -> int:
     """Tune's ``verbose`` level for the RunConfig; off, Tune's own reporter (new or old
     engine) prints nothing, and the live view speaks instead."""
-    if not verbose:
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the old engine honours verbose=0 fully
-        return 0
-    return 1
+    # the old engine honours verbose=0 fully; verbose: Tune's default, the new engine
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
+    return 1 if verbose else 0
 
 
 def _duration(seconds: float) -> str:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from rich.table import Table
 
-from analysis import Experiment, TrialRecord, load_experiment, rank_trials
+from analysis import Experiment, TrialRecord, load_experiment, load_result, rank_trials
 
 from ._console import UsageError, console
 from ._driver import graceful_interrupts
-from ._final import final_table, run_final_stage
+from ._final import FINAL_DIR, final_table, run_final_stage
 from ._spaces import SearchConfig, SearchSettings, check_inputs, load_search_config
 from ._tuner import build_tuner, check_gpus, embedded, read_meta, restore_tuner, start_ray
 
@@ -150,6 +150,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     read_meta(experiment_dir)
     if args.top_k < 1 or args.examples < 1:
         raise UsageError("--top-k and --examples must be at least 1")
+    for result in sorted((experiment_dir / FINAL_DIR).glob("*.json")):
+        load_result(result)  # a damaged result is refused before Ray starts, not overwritten
     check_gpus(args.gpus_per_task, args.address, "--gpus-per-task")
     start_ray(args.address)
     start = time.perf_counter()

@@ -11,22 +11,26 @@ import optuna
 from pydantic import Field, ValidationError, model_validator
 
 from trainable import (
+    NUM_CLASSES,
     ConfigError,
+    ConfigSection,
     TrainConfig,
     apply_overrides,
     build_config,
     load_checkpoint,
     load_dataset,
+    load_preset,
     parse_overrides,
+    read_yaml,
     resolve_trial_config,
+    validation_message,
 )
-from trainable._config import NUM_CLASSES, _Section, load_preset, read_yaml, validation_message
 
 __all__ = ["ParamSpec", "SearchSettings", "SearchConfig", "load_search_config",
            "list_search_presets", "suggest", "check_inputs", "DEPENDENT"]
 
 
-class ParamSpec(_Section):
+class ParamSpec(ConfigSection):
     """One searched knob, named by its dotted TrainConfig path (e.g. clusters.k)."""
 
     type: Literal["int", "float", "categorical"]
@@ -48,7 +52,7 @@ class ParamSpec(_Section):
         return self
 
 
-class SearchSettings(_Section):
+class SearchSettings(ConfigSection):
     num_samples: int = Field(12, ge=1)  # trials (with fixed points: one per point)
     metric: str = "val_robust_acc"  # what ASHA and single-objective samplers maximise
     mode: Literal["max", "min"] = "max"
@@ -73,7 +77,7 @@ class SearchSettings(_Section):
         return self.sampler in ("nsga2", "motpe")
 
 
-class SearchConfig(_Section):
+class SearchConfig(ConfigSection):
     description: str = ""
     base: str | None = None  # a training preset the trials start from
     train: dict[str, Any] = {}  # settings on top of base, as in a training config file
@@ -191,7 +195,7 @@ def check_inputs(cfg: SearchConfig) -> None:
 
 def _known_metrics() -> set[str]:
     return {"val_clean_acc", "val_pgd_acc", "val_robust_acc", "val_margin",
-            "val_certified_radius", "train_loss"}
+            "val_radius_est", "train_loss"}
 
 
 def _preset_dir():

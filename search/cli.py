@@ -4,15 +4,13 @@ dashboard. Bad input gets a one-line error and exit code 2, never a traceback.""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import NoReturn
 
-from analysis import ExperimentError
-from trainable import CheckpointError, ConfigError, DataError, TrainingDiverged
-
-from ._console import UsageError
+from trainable import ClustuneError, TrainingDiverged
 
 EXIT_USAGE = 2
 
@@ -88,13 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say_skipped_files() -> None:
+    """Reading commands go on without a damaged file, and say which and why, one line each."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("clustune: warning: %(message)s"))
+    logger = logging.getLogger("clustune")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    _say_skipped_files()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, CheckpointError, ExperimentError, UsageError) as err:
+    except ClustuneError as err:  # every expected error: bad input, data, files, folders
         print(f"clustune: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as err:  # e.g. an output path under a file, or without write permission

@@ -67,6 +67,21 @@ CASES = [
     ("malformed-yaml", ["train", "--config", "{in}/malformed.yaml"], "malformed YAML (line 2)"),
     ("missing-config", ["train", "--config", "{in}/nowhere.yaml"], "cannot read"),
     ("config-not-a-mapping", ["train", "--config", "{in}/list.yaml"], "mapping"),
+    ("config-not-utf8", ["train", "--config", "{in}/binary.yaml"], "not a UTF-8 text file"),
+    ("search-config-not-utf8", ["search", "--config", "{in}/binary.yaml"],
+     "not a UTF-8 text file"),
+    ("lr-inf", ["train", "--set", "optim.lr=inf"], "optim.lr: "),
+    ("lr-yaml-inf", ["train", "--set", "optim.lr=.inf"], "optim.lr: "),
+    ("eps-nan", ["train", "--set", "attack.eps=.nan"], "attack.eps: "),
+    ("eps-above-1", ["train", "--set", "attack.eps=8"], "attack.eps: "),
+    ("step-size-above-1", ["train", "--set", "attack.step_size=2"], "attack.step_size: "),
+    ("margin-inf", ["train", "--set", "clusters.alpha=.inf"], "clusters.alpha: "),
+    ("one-example-per-cluster", ["train", "--set", "clusters.d=1"], "clusters.d: "),
+    ("free-with-lam-ce", ["train", "--set", "objective.variant=magnet_adv", "--set",
+                          "objective.adv_mode=free", "--set", "objective.lam_ce=1"],
+     "has no CE term"),
+    ("search-setting-inf", ["search", "--set", "search.reduction_factor=.inf"],
+     "search.reduction_factor: "),
     ("unknown-key", ["train", "--set", "clusters.kk=3"], "clusters.kk: unknown key"),
     ("unknown-section", ["train", "--set", "optimiser.lr=0.1"], "optimiser: unknown key"),
     ("wrong-type", ["train", "--set", "clusters.k=two"], "clusters.k: "),
@@ -142,6 +157,10 @@ CASES = [
     ("status-corrupt-meta", ["status", "{in}/corrupt"], "clustune.json is unreadable"),
     ("resume-corrupt-meta", ["resume", "{in}/corrupt"], "clustune.json is unreadable"),
     ("evaluate-top-k-0", ["evaluate", "{in}/exp", "--top-k", "0"], "--top-k"),
+    ("evaluate-corrupt-result", ["evaluate", "{in}/exp-final"], "not JSON"),
+    ("evaluate-binary-result", ["evaluate", "{in}/exp-binary"], "not a text file"),
+    ("evaluate-foreign-result", ["evaluate", "{in}/exp-foreign"],
+     "not a clustune-robustness-v1 result"),
     ("dashboard-no-study", ["dashboard", "{in}/exp"], "no optuna.db"),
     ("dashboard-bad-port", ["dashboard", "{in}/exp", "--port", "70000"], "not a TCP port"),
     ("export-out-under-a-file", ["export", "{in}/exp", "--out", "{in}/file.txt/x"],
@@ -167,6 +186,7 @@ def inputs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("inputs")
     (root / "malformed.yaml").write_text("clusters: [unclosed\n")
     (root / "list.yaml").write_text("- clusters\n- k\n")
+    (root / "binary.yaml").write_bytes(b"\xff\xfe\x00clusters\x89PNG\r\n")
     (root / "bad-space.yaml").write_text(yaml.safe_dump({
         "train": {"data": {"dataset": "digits"}, "clusters": {"m": 10}},
         "space": {"clusters.k": {"type": "int", "low": 3, "high": 1}}}))
@@ -203,6 +223,12 @@ def inputs(tmp_path_factory) -> Path:
     (root / "exp" / "clustune.json").write_text(json.dumps({
         "name": "exp", "study_name": "clustune-exp", "config": cfg.model_dump(mode="json"),
         "base": cfg.base_dict()}))
+    for name, content in (("exp-final", b'{"clean_acc": 0.5, "cut'),
+                          ("exp-binary", b"\x89PNG\r\n\x1a\n\xff\xfe"),
+                          ("exp-foreign", b'{"accuracy": 0.5}')):
+        (root / name / "final").mkdir(parents=True)
+        (root / name / "clustune.json").write_text((root / "exp" / "clustune.json").read_text())
+        (root / name / "final" / "0a1b2c3d-logprob.json").write_bytes(content)
     return root
 
 

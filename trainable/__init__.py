@@ -8,17 +8,23 @@ The clustering core is public so researchers can use it directly::
 from ._attacks import embedding_margin_loss, frozen, pgd_linf
 from ._clusters import Clusters, ClusterSampler, fit_clusters, kmeans
 from ._config import (
+    DEFAULT_EPS,
+    NUM_CLASSES,
     ConfigError,
+    ConfigSection,
     TrainConfig,
     apply_overrides,
     build_config,
     list_presets,
     load_config,
+    load_preset,
     parse_overrides,
     read_yaml,
     resolve_trial_config,
+    validation_message,
 )
 from ._data import DATASETS, DataError, ImageData, augment_batch, load_data
+from ._errors import ClustuneError
 from ._files import atomic_write_bytes, atomic_write_text
 from ._heads import EMPTY_CLASS_LOGIT, HEADS, ClusterHead
 from ._magnet import MagnetLoss, magnet_loss
@@ -35,14 +41,13 @@ from ._trainer import (
 )
 
 __all__ = [
-    "DATASETS", "EMPTY_CLASS_LOGIT", "HEADS", "OBJECTIVES",
+    "DATASETS", "DEFAULT_EPS", "EMPTY_CLASS_LOGIT", "HEADS", "NUM_CLASSES", "OBJECTIVES",
     "Backbone", "CheckpointError", "Classifier", "ClusterHead", "ClusterSampler", "Clusters",
-    "ConfigError", "DataError", "ImageData", "MagnetLoss", "ResNet18", "SmallCNN", "TrainConfig",
-    "Trainer", "TrainingDiverged",
+    "ClustuneError", "ConfigError", "ConfigSection", "DataError", "ImageData", "MagnetLoss",
+    "ResNet18", "SmallCNN", "TrainConfig", "Trainer", "TrainingDiverged",
     "apply_overrides", "atomic_write_bytes", "atomic_write_text", "augment_batch",
     "build_backbone", "build_config", "consistency", "embedding_margin_loss",
     "fit_clusters", "frozen", "kmeans", "list_presets", "load_checkpoint", "load_classifier",
     "load_config", "load_data", "load_dataset", "magnet_loss", "parse_overrides", "pgd_linf",
-    "read_yaml", "resolve_trial_config",
-    "resolve_device",
+    "load_preset", "read_yaml", "resolve_trial_config", "resolve_device", "validation_message",
 ]

@@ -14,10 +14,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["ConfigError", "TrainConfig", "apply_overrides", "build_config", "list_presets",
-           "load_config", "load_preset", "parse_overrides", "read_yaml", "resolve_trial_config",
-           "validation_message",
-           "DEFAULT_EPS"]
+from ._errors import ClustuneError
+
+__all__ = ["ConfigError", "ConfigSection", "TrainConfig", "apply_overrides", "build_config",
+           "list_presets", "load_config", "load_preset", "parse_overrides", "read_yaml",
+           "resolve_trial_config", "validation_message", "DEFAULT_EPS", "NUM_CLASSES"]
 
 NUM_CLASSES = {"fashion-mnist": 10, "digits": 10, "cifar10": 10}
 DEFAULT_EPS = {"fashion-mnist": 0.1, "digits": 0.1, "cifar10": 8 / 255}
@@ -25,15 +26,17 @@ CLUSTERING_VARIANTS = ("magnet", "qtrades", "magnet_adv")
 ADVERSARIAL_VARIANTS = ("pgd_at", "trades", "qtrades", "magnet_adv")
 
 
-class ConfigError(ValueError):
+class ConfigError(ClustuneError, ValueError):
     """A configuration that cannot be run; the message is one line naming the problem."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class ConfigSection(BaseModel):
+    """A config section: unknown keys, and inf or NaN in any number, are refused."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-class DataConfig(_Section):
+class DataConfig(ConfigSection):
     dataset: Literal["fashion-mnist", "digits", "cifar10"] = "fashion-mnist"
     root: str | None = None  # dataset folder or archive; None: the dataset's standard place
     val_fraction: float = Field(0.1, gt=0, lt=1)  # share of the training set held out
@@ -43,32 +46,33 @@ class DataConfig(_Section):
     download: bool = False  # CIFAR-10 only, and only when asked
 
 
-class ModelConfig(_Section):
+class ModelConfig(ConfigSection):
     arch: Literal["small_cnn", "resnet18"] = "small_cnn"
     width: int = Field(32, ge=4)  # small_cnn channels of the first block
     embedding_dim: int = Field(128, ge=2)  # small_cnn only; ResNet-18 embeds in 512-d
 
 
-class ClusterConfig(_Section):
+class ClusterConfig(ConfigSection):
     k: int = Field(2, ge=1)  # clusters per class (K)
     l: int = Field(10, ge=1)  # noqa: E741 - nearest clusters kept by the head (L)
     m: int = Field(12, ge=2)  # clusters per batch (M)
-    d: int = Field(20, ge=1)  # examples per cluster (D); batch = M*D
+    d: int = Field(20, ge=2)  # examples per cluster (D), 2+ (sigma^2 > 0); batch = M*D
     alpha: float = Field(1.0, ge=0)  # magnet margin (ClusTR code: 12.5, Rippel: 1.0)
     head: Literal["raw", "logprob", "learned"] = "logprob"
     kmeans_iters: int = Field(20, ge=1)
 
 
-class AttackConfig(_Section):
+class AttackConfig(ConfigSection):
     """The training-time attack: eps-ball, T steps of size eta, and the loss it maximises."""
 
-    eps: float | None = Field(None, ge=0)  # Linf radius; None: the dataset's (0.1 or 8/255)
+    eps: float | None = Field(None, ge=0, le=1)  # Linf radius (images in [0, 1]); None: the
+    # dataset's (0.1 or 8/255)
     steps: int = Field(1, ge=1)  # T
-    step_size: float = Field(10 / 255, gt=0)  # eta (may exceed eps, as in E-QTRADES)
+    step_size: float = Field(10 / 255, gt=0, le=1)  # eta (may exceed eps, as in E-QTRADES)
     loss: Literal["ce", "mse", "kl"] = "ce"  # qtrades: consistency type the attack maximises
 
 
-class ObjectiveConfig(_Section):
+class ObjectiveConfig(ConfigSection):
     variant: Literal["ce", "pgd_at", "trades", "magnet", "qtrades", "magnet_adv"] = "qtrades"
     lam: float = Field(8.0, ge=0)  # lambda: consistency (qtrades), adversarial magnet, TRADES beta
     lam_ce: float = Field(0.0, ge=0)  # lambda': CE on the head's clean logits
@@ -78,7 +82,7 @@ class ObjectiveConfig(_Section):
     free_replays: int = Field(4, ge=1)  # m, for adv_mode free
 
 
-class OptimConfig(_Section):
+class OptimConfig(ConfigSection):
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -89,20 +93,20 @@ class OptimConfig(_Section):
     batch_size: int | None = Field(None, ge=2)  # non-clustering variants; None: M*D
 
 
-class WarmStartConfig(_Section):
+class WarmStartConfig(ConfigSection):
     ce_epochs: int = Field(0, ge=0)  # CE epochs on the backbone before the objective
     checkpoint: str | None = None  # or a CE-trained clustune checkpoint to start from
     lr: float = Field(1e-3, gt=0)  # Adam learning rate of the CE warm start
 
 
-class EvalConfig(_Section):
+class EvalConfig(ConfigSection):
     examples: int = Field(500, ge=1)  # validation examples attacked each epoch
     pgd_steps: int = Field(10, ge=1)
-    pgd_step_size: float | None = Field(None, gt=0)  # None: eps/4
-    eps: float | None = Field(None, ge=0)  # None: the training attack's eps
+    pgd_step_size: float | None = Field(None, gt=0, le=1)  # None: eps/4
+    eps: float | None = Field(None, ge=0, le=1)  # None: the training attack's eps
 
 
-class FastPathConfig(_Section):
+class FastPathConfig(ConfigSection):
     """Speed options, each tested to match the plain path within tolerance. The final-stage
     AutoAttack runs the float32 model: it keeps channels_last (a memory layout), never bf16 or
     compile. Which option pays where: docs/performance.md (bench/bench.py)."""
@@ -112,7 +116,7 @@ class FastPathConfig(_Section):
     compile: bool = False  # torch.compile the backbone (compiles on the first batches)
 
 
-class TrainConfig(_Section):
+class TrainConfig(ConfigSection):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     clusters: ClusterConfig = ClusterConfig()
@@ -141,6 +145,10 @@ class TrainConfig(_Section):
             raise ValueError("clusters.head=learned is trained by objective.lam_ce; set it > 0")
         if obj.adv_mode == "free" and obj.variant != "magnet_adv":
             raise ValueError("objective.adv_mode=free applies to variant magnet_adv only")
+        if obj.adv_mode == "free" and obj.lam_ce > 0:
+            raise ValueError("objective.adv_mode=free has no CE term, so objective.lam_ce would "
+                             "be ignored (and a learned head never trained); set it to 0 or "
+                             "use adv_mode=pgd")
         if self.warm_start.checkpoint and self.warm_start.ce_epochs:
             raise ValueError("warm_start: give checkpoint or ce_epochs, not both")
         if self.data.dataset == "cifar10" and self.data.root is None and not self.data.download:
@@ -184,9 +192,12 @@ def validation_message(err: ValidationError) -> str:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read {path}: {err.strerror}") from err
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file (a YAML config was expected)") \
+            from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -19,13 +19,15 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
+from ._errors import ClustuneError
+
 __all__ = ["DataError", "ImageData", "load_data", "augment_batch", "DATASETS"]
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 DATASETS = ("fashion-mnist", "digits", "cifar10")
 
 
-class DataError(RuntimeError):
+class DataError(ClustuneError, RuntimeError):
     """A dataset is missing or corrupt; the message names the fix."""
 
 

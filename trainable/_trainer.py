@@ -28,6 +28,7 @@ from ._attacks import embedding_margin_loss, frozen, pgd_linf
 from ._clusters import Clusters, ClusterSampler, fit_clusters
 from ._config import TrainConfig, build_config
 from ._data import ImageData, as_float, augment_batch, load_data
+from ._errors import ClustuneError
 from ._files import atomic_write_bytes
 from ._heads import ClusterHead
 from ._models import Backbone, Classifier, build_backbone
@@ -45,7 +46,7 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite: the trial ends with this reason."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ClustuneError, ValueError):
     """A file that is not a readable clustune checkpoint."""
 
 
@@ -291,7 +292,7 @@ class Trainer:
         step = self.cfg.eval.pgd_step_size or eps / 4
         # the robust proxy: PGD through the trial's own head, and for clustering models also
         # through the logprob head and on the embedding's centroid margin, which no head's
-        # flat or saturated scores can mask (design.md section 3)
+        # flat or saturated scores can mask (docs/algorithms.md, "The validation proxy")
         Loss = Callable[[torch.Tensor], torch.Tensor]
 
         def ce_through(model: Classifier) -> Callable[[torch.Tensor], Loss]:
@@ -330,7 +331,10 @@ class Trainer:
 
     @torch.no_grad()
     def _margins(self, x: torch.Tensor, lipschitz: float, split: str) -> dict[str, float]:
-        """Embedding-space margin and the perturbation bounds of design.md section 2 (medians)."""
+        """Embedding-space margin, and the radius and perturbation bounds it gives with the
+        Lipschitz estimate (medians; docs/algorithms.md, "The validation proxy"). The estimate
+        is measured along PGD directions, a lower bound of the true constant, so the radii are
+        estimates (``_est``) that certify nothing."""
         emb = torch.cat([self.model.embed(x[i:i + EVAL_BATCH])
                          for i in range(0, len(x), EVAL_BATCH)])
         cent, cls = self.head.centroids, self.clusters.centroid_class
@@ -345,10 +349,10 @@ class Trainer:
         lf = max(lipschitz, 1e-12)
         return {
             f"{split}_margin": margin.median().item(),
-            f"{split}_lipschitz": lipschitz,
-            f"{split}_certified_radius": (margin / lf).median().item(),
-            f"{split}_delta_lower": ((d_rival - d_own) / (2 * lf)).median().item(),
-            f"{split}_delta_upper": ((d_rival + d_own) / (2 * lf)).median().item(),
+            f"{split}_lipschitz_est": lipschitz,
+            f"{split}_radius_est": (margin / lf).median().item(),
+            f"{split}_delta_lower_est": ((d_rival - d_own) / (2 * lf)).median().item(),
+            f"{split}_delta_upper_est": ((d_rival + d_own) / (2 * lf)).median().item(),
         }
 
     # ------------------------------------------------------- state and files

@@ -282,3 +282,15 @@ def test_every_command_has_help(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "experiment folder" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["status", "export", "best", "report"])
+def test_reading_commands_say_which_damaged_result_they_skip(fake_experiment, tmp_path, capsys,
+                                                            command):
+    fake = fake_experiment(tmp_path)
+    damaged = fake.path / "final" / "b2c3d4e5-raw.json"
+    damaged.write_bytes(b'{"clean_acc": 0.5, "cut')
+    assert main([command, str(fake.path)]) == 0
+    err = capsys.readouterr().err
+    assert f"clustune: warning: skipped {damaged}: unreadable (JSONDecodeError)" in err
+    assert err.count("skipped") == 1  # said once, however often the command reads the folder

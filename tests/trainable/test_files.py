@@ -46,3 +46,21 @@ def test_outputs_are_written_only_through_the_atomic_helpers():
                 if WRITE.search(line) and ALLOWED.get(name, "\0") not in line:
                     direct.append(f"{name}:{number}: {line.strip()}")
     assert not direct, "write these through trainable.atomic_write_*:\n" + "\n".join(direct)
+
+
+def test_the_folder_is_flushed_after_the_rename(tmp_path, monkeypatch):
+    """A power cut after the rename keeps the new entry only once the folder is on disk."""
+    import stat
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "replace", lambda *a: (events.append("rename"), real_replace(*a)))
+
+    def fsync(fd: int) -> None:
+        events.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic_write_text(tmp_path / "result.json", "new")
+    assert events == ["file", "rename", "folder"]
+    assert (tmp_path / "result.json").read_text() == "new"
