@@ -1,5 +1,6 @@
 """Search spaces and presets, Tune/Optuna assembly, launching, the final stage, the CLI."""
 
+from ._optuna import FidelityOptunaSearch
 from ._search_cmd import resume_search, run_search, trial_table
 from ._spaces import (
     ParamSpec,
@@ -7,12 +8,14 @@ from ._spaces import (
     SearchSettings,
     list_search_presets,
     load_search_config,
+    suggest,
 )
 from ._trainable import ClusteringTrainable, shared_warm_start
-from ._tuner import build_tuner, restore_tuner, start_ray
+from ._tuner import build_tuner, make_sampler, max_epochs, restore_tuner, start_ray
 
 __all__ = [
-    "ClusteringTrainable", "ParamSpec", "SearchConfig", "SearchSettings", "build_tuner",
-    "list_search_presets", "load_search_config", "restore_tuner",
-    "resume_search", "run_search", "shared_warm_start", "start_ray", "trial_table",
+    "ClusteringTrainable", "FidelityOptunaSearch", "ParamSpec", "SearchConfig",
+    "SearchSettings", "build_tuner", "list_search_presets", "load_search_config", "make_sampler",
+    "max_epochs", "restore_tuner", "resume_search", "run_search", "shared_warm_start",
+    "start_ray", "suggest", "trial_table",
 ]

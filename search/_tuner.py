@@ -29,7 +29,7 @@ from ._spaces import DEPENDENT, SearchConfig, suggest
 from ._trainable import ClusteringTrainable
 
 __all__ = ["start_ray", "embedded", "check_gpus", "build_tuner", "restore_tuner", "read_meta",
-           "META_FILE", "STUDY_FILE", "study_storage_url"]
+           "META_FILE", "STUDY_FILE", "study_storage_url", "make_sampler", "max_epochs"]
 
 STUDY_FILE = "optuna.db"
 
@@ -104,7 +104,8 @@ def _trainable(cfg: SearchConfig, experiment_dir: Path):
     return tune.with_resources(with_params, {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
 
 
-def _sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
+def make_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler a search uses (the search benchmark replays the same one)."""
     s = cfg.search
     if cfg.points:
         return optuna.samplers.GridSampler({"point": list(cfg.points)}, seed=s.seed)
@@ -116,7 +117,8 @@ def _sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
                                       n_startup_trials=min(10, max(2, s.num_samples // 3)))
 
 
-def _max_epochs(cfg: SearchConfig) -> int:
+def max_epochs(cfg: SearchConfig) -> int:
+    """The longest budget of any trial: the scheduler's max_t."""
     base = cfg.base_dict()
     epochs = [base.get("optim", {}).get("epochs", 25)]
     epochs += [p.get("optim", {}).get("epochs", epochs[0]) for p in cfg.points.values()]
@@ -145,10 +147,10 @@ def build_tuner(cfg: SearchConfig, experiment_dir: Path, name: str,
     metric: str | list[str] = s.objectives if multi else s.metric
     mode: str | list[str] = ["max"] * len(s.objectives) if multi else s.mode
     searcher = FidelityOptunaSearch(space=functools.partial(_define_by_run, cfg=cfg, base=base),
-                            metric=metric, mode=mode, sampler=_sampler(cfg),
+                            metric=metric, mode=mode, sampler=make_sampler(cfg),
                             study_name=study_name, storage=storage)
     limited = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
-    max_t = _max_epochs(cfg)
+    max_t = max_epochs(cfg)
     sched_metric = {"metric": s.metric, "mode": s.mode} if multi else {}
     if s.scheduler == "asha" and not cfg.points:
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,

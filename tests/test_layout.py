@@ -59,7 +59,8 @@ def test_every_all_is_complete(package):
 def test_no_file_points_outside_the_repository():
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.split()
-    outside = re.compile(r"\.\./shared|/work/shared|design\.md")
+    # built from pieces, so that this line does not match itself
+    outside = re.compile("|".join((r"\.\./" + "shared", "/work/" + "shared", "design" + r"\.md")))
     hits = []
     for name in tracked:
         path = ROOT / name
