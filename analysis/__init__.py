@@ -13,8 +13,9 @@ from ._autoattack import (
     load_result,
     save_result,
 )
+from ._confirmation import CONFIRM_DIR, SEED_MARK, Confirmation, load_confirmations
 from ._export import EPOCHS_SCHEMA, TRIALS_SCHEMA, best_configs, export_experiment
-from ._ranking import FLAG_LEGEND, Flag, RankedTrial, flags_of, rank_trials
+from ._ranking import FLAG_LEGEND, Flag, RankedTrial, flags_of, rank_trials, worst_case
 from ._report import pareto_front, write_report
 from ._results import (
     META_FILE,
@@ -26,6 +27,7 @@ from ._results import (
 )
 
 __all__ = [
+    "CONFIRM_DIR", "SEED_MARK", "Confirmation", "load_confirmations", "worst_case",
     "EPOCHS_SCHEMA", "FLAG_LEGEND", "META_FILE", "SCHEMA_VERSION", "TRIALS_SCHEMA", "Experiment",
     "ExperimentError", "Flag", "RankedTrial", "ResultError", "RobustnessResult", "TrialRecord",
     "best_configs",

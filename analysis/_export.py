@@ -20,6 +20,7 @@ import yaml
 
 from trainable import atomic_write_bytes, atomic_write_text
 
+from ._confirmation import Confirmation, load_confirmations
 from ._ranking import RankedTrial, rank_trials
 from ._results import Experiment, ExperimentError, TrialRecord, load_experiment
 
@@ -235,7 +236,7 @@ def load_export(path: str | Path) -> Experiment:
 
 
 def _header(experiment: Experiment, ranked: RankedTrial, position: int, top: int,
-            finals: list[dict[str, Any]]) -> str:
+            finals: list[dict[str, Any]], confirmed: Confirmation | None) -> str:
     trial = ranked.trial
     best = trial.best(experiment.metric, experiment.mode)
     params = ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "-"
@@ -253,6 +254,8 @@ def _header(experiment: Experiment, ranked: RankedTrial, position: int, top: int
             lines.append(f"# AutoAttack ({r['head']} head, {r.get('n_examples')} test images): "
                          f"clean={r.get('clean_acc')}  robust={r.get('autoattack_acc')}")
     lines += [f"# flag {f}" for f in ranked.flags]
+    if confirmed is not None:
+        lines.append(f"# confirmed with new seeds (clustune confirm): {confirmed.summary()}")
     lines.append("# run: clustune train --config THIS_FILE   or   clustune search --config "
                  "THIS_FILE")
     return "\n".join(lines) + "\n"
@@ -275,11 +278,14 @@ def best_configs(path: str | Path, top: int = 3, out: str | Path | None = None,
                 old.read_text().startswith(BEST_HEADER):
             old.unlink()
     finals = experiment.final_results()
+    confirmed = {c.config: c for c in load_confirmations(experiment.path)}
     written = []
     for position, ranked in enumerate(chosen, 1):
         cfg = experiment.trial_config(ranked.trial)
         body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
         file = out / f"{position:02d}-{ranked.trial.trial_id}.yaml"
-        atomic_write_text(file, _header(experiment, ranked, position, len(chosen), finals) + body)
+        header = _header(experiment, ranked, position, len(chosen), finals,
+                         confirmed.get(ranked.trial.trial_id))
+        atomic_write_text(file, header + body)
         written.append(file)
     return written

@@ -23,7 +23,7 @@ from typing import Any
 
 from ._results import Experiment, TrialRecord
 
-__all__ = ["Flag", "RankedTrial", "flags_of", "rank_trials", "FLAG_LEGEND",
+__all__ = ["Flag", "RankedTrial", "flags_of", "rank_trials", "worst_case", "FLAG_LEGEND",
            "ZERO_GRAD_FRACTION", "SQUARE_GAIN_POINTS"]
 
 ZERO_GRAD_FRACTION = 0.2  # aa_zero_grad demotes when >= 20 % of the points checked have none
@@ -113,7 +113,7 @@ def flags_of(result: dict[str, Any]) -> list[Flag]:
     return flags
 
 
-def _worst_case(result: dict[str, Any]) -> float:
+def worst_case(result: dict[str, Any]) -> float:
     """Robust to every attack run; an export written before worst_case_acc was a column has
     the attacks' own figures, whose minimum bounds it from above."""
     if isinstance(result.get("worst_case_acc"), (int, float)):
@@ -160,7 +160,7 @@ def rank_trials(experiment: Experiment) -> list[RankedTrial]:
         proxy = trial.best(experiment.metric, experiment.mode)[experiment.metric]
         results = audits.get(trial.trial_id, [])
         flags = tuple(f for r in results for f in flags_of(r))
-        audited = min(_worst_case(r) for r in results) if results else None
+        audited = min(worst_case(r) for r in results) if results else None
         if audited is None:
             group, by, key = 2, PROXY, order
         else:

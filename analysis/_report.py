@@ -25,6 +25,7 @@ from plotly.subplots import make_subplots
 
 from trainable import TrainConfig, atomic_write_text
 
+from ._confirmation import load_confirmations
 from ._ranking import FLAG_LEGEND, RankedTrial, flags_of, rank_trials
 from ._results import Experiment, TrialRecord, load_experiment
 
@@ -308,6 +309,23 @@ def _trials_table(experiment: Experiment) -> _Table:
                   "training and validation, warm start excluded.")
 
 
+def _confirmation_table(experiment: Experiment) -> _Table | None:
+    found = load_confirmations(experiment.path)
+    if not found:
+        return None
+    rows = []
+    for c in found:
+        low, high = c.interval
+        rows.append([c.config, str(len(c.values)), ", ".join(_pct(v) for v in c.values),
+                     _pct(c.mean), _pct(c.sd), f"{_pct(low)}-{_pct(high)}", str(c.n_examples),
+                     str(c.flagged_seeds)])
+    return _Table(["configuration", "seeds", "per seed (%)", "mean (%)", "sd (points)",
+                   "95 % interval (%)", "test images", "flagged seeds"], rows, (1, 3, 4, 6, 7),
+                  "clustune confirm: each configuration retrained with new seeds at the search's "
+                  "budget and audited (worst case over every attack and head); the interval is "
+                  "a t-interval of the mean over seeds.")
+
+
 def _summary_items(experiment: Experiment,
                    finals: list[dict[str, Any]]) -> list[tuple[str, str]]:
     meta, search = experiment.meta, experiment.meta["config"]["search"]
@@ -357,6 +375,9 @@ def _markdown(experiment: Experiment, finals: list[dict[str, Any]]) -> str:
                 ("AutoAttack (final stage)", _autoattack_table(experiment, finals) if finals else
                  "No AutoAttack results yet."),
                 ("All trials", _trials_table(experiment))]
+    confirmed = _confirmation_table(experiment)
+    if confirmed is not None:
+        sections.insert(2, ("Confirmation across seeds", confirmed))
     body = "".join(f"\n## {h}\n\n{_md_section(c)}" for h, c in sections)
     return f"# clustune report: {experiment.name}\n\n{summary}{body}"
 
@@ -376,6 +397,9 @@ def _html(experiment: Experiment, finals: list[dict[str, Any]]) -> str:
                 ("Learning curves", _curves(experiment)),
                 ("AutoAttack (final stage)", aa),
                 ("All trials", _html_table(_trials_table(experiment)))]
+    confirmed = _confirmation_table(experiment)
+    if confirmed is not None:
+        sections.insert(2, ("Confirmation across seeds", _html_table(confirmed)))
     title = f"clustune report: {experiment.name}"
     body = "".join(f"<section><h2>{_esc(h)}</h2>{content}</section>" for h, content in sections)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'

@@ -2,12 +2,12 @@
 
     python bench/bench.py [--out bench/results-cpu.json] [--only SECTION,...] [--devices cpu,cuda]
 
-Prints one table and writes it as JSON. Sections (each runs both sides in this process):
+Prints one table and writes it as JSON. Sections (each runs both sides in this process; the
+search methods are compared by bench/search_bench.py, over many seeds):
 
   peak         matrix-product FLOP/s of this machine: the denominator of `flops`
   flops        achieved training FLOP/s per architecture and objective (attack passes counted)
   ray          epoch time inside the Ray Tune Trainable over the same epoch in a bare loop
-  search       trial-epochs TPE + ASHA needs to reach the accuracy random search reaches
   warm_start   a search with the shared CE warm start over one that warms up in every trial
   final        AutoAttack through clustune's evaluator over pyautoattack called directly
   fast_path    train-step time of each fast-path option over the plain path
@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from trainable import Trainer, apply_overrides, build_config
 
-SECTIONS = ("peak", "flops", "ray", "search", "warm_start", "final", "fast_path")
+SECTIONS = ("peak", "flops", "ray", "warm_start", "final", "fast_path")
 CORES = os.cpu_count() or 1
 console = Console()
 
@@ -260,43 +260,6 @@ def bench_ray(rows: Rows, folder: Path) -> Trainer:
     return bare
 
 
-def _trial_epochs_to_reach(log: ResultLog, target: float) -> int | None:
-    """Trial-epochs spent, in the order results arrived, until one reached target."""
-    for spent, (_, _, result) in enumerate(log.results, start=1):
-        if result["val_robust_acc"] >= target - 1e-9:
-            return spent
-    return None
-
-
-def bench_search(rows: Rows, folder: Path) -> None:
-    """cpu-ablation's space on digits at a tiny budget: random + FIFO against TPE + ASHA."""
-    from search import load_search_config
-
-    space = load_search_config("cpu-ablation").model_dump(mode="json")["space"]
-    train = {"data": {"dataset": "digits"}, "model": {"width": 8, "embedding_dim": 16},
-             "clusters": {"d": 4}, "attack": {"eps": 0.1},
-             "optim": {"lr": 3e-3, "epochs": 4, "batches_per_epoch": 8},
-             "eval": {"examples": 180, "pgd_steps": 5}}
-    runs = {}
-    for label, settings in (("random", {"sampler": "random", "scheduler": "fifo"}),
-                            ("tpe+asha", {"sampler": "tpe", "scheduler": "asha",
-                                          "grace_period": 1, "reduction_factor": 3})):
-        cfg = _search_config(train, {"num_samples": 24, "max_concurrent": 2, "seed": 0,
-                                     **settings}, space=space)
-        log = ResultLog()
-        experiment, seconds = _fit(cfg, folder, label.replace("+", "-"), callbacks=[log])
-        best = max(r["val_robust_acc"] for _, _, r in log.results)
-        runs[label] = (log, best)
-        rows.add("search", f"{label}: best val robust acc", best, "",
-                 detail=f"{len(experiment.trials)} trials, {len(log.results)} trial-epochs, "
-                 f"{seconds:.0f} s")
-    target = min(runs["random"][1], runs["tpe+asha"][1])
-    need = {label: _trial_epochs_to_reach(run[0], target) for label, run in runs.items()}
-    rows.add("search", "trial-epochs to the same best: TPE+ASHA / random",
-             need["tpe+asha"] / need["random"], "ratio", "<= 0.33",
-             f"{need['tpe+asha']} vs {need['random']} trial-epochs to robust acc {target:.3f}")
-
-
 def bench_warm_start(rows: Rows, folder: Path) -> None:
     """Four short trials after the quick preset's warm start (2 CE epochs on 12,000 images),
     shared or trained in each trial."""
@@ -434,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         if "flops" in sections:
             bench_flops(rows, devices, peaks, cifar)
             save()
-        if {"ray", "search", "warm_start"} & set(sections):
+        if {"ray", "warm_start"} & set(sections):
             from search import start_ray
 
             start_ray(num_cpus=CORES)
@@ -442,8 +405,6 @@ def main(argv: list[str] | None = None) -> int:
         if "ray" in sections:
             trainer = bench_ray(rows, folder)
             save()
-        if "search" in sections:
-            bench_search(rows, folder)
             save()
         if "warm_start" in sections:
             bench_warm_start(rows, folder)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -43,15 +44,16 @@ RESULTS = HERE / "search-results.json"
 PLOT = HERE / "search-anytime.svg"
 EPOCHS = 5
 TRIALS = 40  # per replayed search
-METHODS = ("random", "random+asha", "tpe", "clustune", "optuna")
+METHODS = ("random", "random+asha", "tpe", "clustune", "clustune+multivariate",
+           "clustune+liar", "optuna")
 BUDGETS = (25, 50, 100, 200)  # trial-epochs at which the best-so-far is tabulated
 TRAIN = {  # the cpu-ablation space, trained small on digits
     "data": {"dataset": "digits"},
     "model": {"width": 8, "embedding_dim": 16},
     "clusters": {"d": 4},
-    "optim": {"epochs": EPOCHS, "batches_per_epoch": 6},
-    "warm_start": {"ce_epochs": 0},
-    "eval": {"examples": 80, "pgd_steps": 3},
+    "optim": {"epochs": EPOCHS, "batches_per_epoch": 15},
+    "warm_start": {"ce_epochs": 1},
+    "eval": {"examples": 150, "pgd_steps": 3},
     "fast": {"channels_last": False},
     "threads": 1,
 }
@@ -66,8 +68,11 @@ def _search_config(method: str = "clustune", seed: int = 0):
     cfg = load_search_config("cpu-ablation", overrides=overrides)
     train = {**cfg.train, **TRAIN}
     sampler = "random" if method.startswith("random") else "tpe"
-    scheduler = "asha" if method in ("random+asha", "clustune") else "fifo"
-    search = cfg.search.model_copy(update={"sampler": sampler, "scheduler": scheduler})
+    scheduler = "asha" if method == "random+asha" or method.startswith("clustune") else "fifo"
+    search = cfg.search.model_copy(update={
+        "sampler": sampler, "scheduler": scheduler,
+        "tpe_multivariate": method == "clustune+multivariate",
+        "tpe_constant_liar": method == "clustune+liar"})
     return cfg.model_copy(update={"train": train, "search": search})
 
 
@@ -104,7 +109,8 @@ def record(n: int, workers: int) -> None:
     items = []
     for i in range(n):
         trial = study.ask()
-        params = {**trial.params, **suggest(trial, cfg, base)}
+        resolved = suggest(trial, cfg, base)
+        params = {**trial.params, **resolved}  # the draws and the resolved L and M
         study.tell(trial, 0.0)
         items.append((i, {"cfg": cfg.model_dump(mode="json"), "params": params}))
     start = time.perf_counter()
@@ -117,36 +123,34 @@ def record(n: int, workers: int) -> None:
                       flush=True)
     rows.sort(key=lambda r: r["index"])
     seconds = time.perf_counter() - start
-    distributions = {name: optuna.distributions.distribution_to_json(d)
-                     for name, d in study.trials[0].distributions.items()}
     TABLE.write_text(json.dumps({
         "epochs": EPOCHS, "train": TRAIN, "space": "cpu-ablation", "seconds": seconds,
-        "workers": workers, "distributions": distributions,
+        "workers": workers,
         "configs": [{"params": r["params"], "curve": r["curve"]} for r in rows]}) + "\n")
     print(f"{n} configurations x {EPOCHS} epochs in {seconds:.0f} s -> {TABLE}")
 
 
 # ------------------------------------------------------------------------------ lookup
 class Lookup:
-    """The nearest recorded configuration of a set of draws."""
+    """The nearest recorded configuration: distances over the space's parameters as resolved
+    (L and M as integers), each scaled to [0, 1] by its range in the space (log-scaled where
+    the space is), a categorical mismatch counting 1."""
 
     def __init__(self, table: dict[str, Any]) -> None:
-        self.distributions = {n: optuna.distributions.json_to_distribution(d)
-                              for n, d in table["distributions"].items()}
+        self.space = _search_config().space
+        self.names = sorted(self.space)
         self.curves = [c["curve"] for c in table["configs"]]
-        self.names = sorted(self.distributions)
         self.points = np.array([[self._scale(n, c["params"][n]) for n in self.names]
                                 for c in table["configs"]])
-        self.categorical = np.array([isinstance(self.distributions[n],
-                                                optuna.distributions.CategoricalDistribution)
-                                     for n in self.names])
+        self.categorical = np.array([self.space[n].type == "categorical" for n in self.names])
 
     def _scale(self, name: str, value: Any) -> float:
-        d = self.distributions[name]
-        if isinstance(d, optuna.distributions.CategoricalDistribution):
-            return float(d.choices.index(value))
-        low, high = (math.log(d.low), math.log(d.high)) if d.log else (d.low, d.high)
-        value = math.log(value) if d.log else value
+        spec = self.space[name]
+        if spec.type == "categorical":
+            return float(spec.choices.index(value))
+        low, high, value = spec.low, spec.high, float(value)
+        if spec.log:
+            low, high, value = math.log(low), math.log(high), math.log(value)
         return (value - low) / (high - low) if high > low else 0.0
 
     def curve(self, params: dict[str, Any]) -> list[float]:
@@ -157,19 +161,30 @@ class Lookup:
 
 
 # ------------------------------------------------------------------------------ replay
+def _space(trial: optuna.Trial, cfg: Any, base: dict[str, Any]) -> dict[str, Any]:
+    """clustune's define-by-run space (module level: the searcher's state is pickled)."""
+    from search import suggest
+
+    params = suggest(trial, cfg, base)
+    return {k: v for k, v in params.items() if k in ("clusters.l", "clusters.m")}
+
+
 def _replay_ray(method: str, seed: int, lookup: Lookup, folder: Path) -> list[float]:
     """Values in the order Tune received them (one per trial-epoch)."""
+    import functools
+
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from search import FidelityOptunaSearch, make_sampler, suggest
+    from search import FidelityOptunaSearch, make_sampler
 
     cfg = _search_config(method, seed)
     base = cfg.base_dict()
 
     class Replay(tune.Trainable):
         def setup(self, config: dict[str, Any]) -> None:
+            logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
             self.curve = lookup.curve(config)
 
         def step(self) -> dict[str, Any]:
@@ -187,16 +202,13 @@ def _replay_ray(method: str, seed: int, lookup: Lookup, folder: Path) -> list[fl
         def load_checkpoint(self, checkpoint: Any) -> None:
             return None
 
-    def space(trial: optuna.Trial) -> dict[str, Any]:
-        params = suggest(trial, cfg, base)
-        return {k: v for k, v in params.items() if k in ("clusters.l", "clusters.m")}
-
     values: list[float] = []
 
     class Log(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
             values.append(result["val_robust_acc"])
 
+    space = functools.partial(_space, cfg=cfg, base=base)
     searcher = FidelityOptunaSearch(space=space, metric="val_robust_acc", mode="max",
                                     sampler=make_sampler(cfg))
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=EPOCHS, grace_period=1,
@@ -226,8 +238,7 @@ def _replay_optuna(seed: int, lookup: Lookup) -> list[float]:
     values: list[float] = []
     for _ in range(TRIALS):
         trial = study.ask()
-        suggest(trial, cfg, base)  # the draws are the trial's params
-        curve = lookup.curve(trial.params)
+        curve = lookup.curve(suggest(trial, cfg, base))
         for epoch, value in enumerate(curve, 1):
             values.append(value)
             trial.report(value, epoch)
@@ -316,8 +327,8 @@ def markdown(results: dict[str, Any]) -> str:
 def svg(results: dict[str, Any], width: int = 720, height: int = 420) -> str:
     """The anytime curves (median and interquartile band per method) as a small SVG."""
     budget = max(len(v) for runs in results["runs"].values() for v in runs)
-    colours = dict(zip(METHODS, ("#7f7f7f", "#1f77b4", "#2ca02c", "#d62728", "#9467bd"),
-                       strict=True))
+    colours = dict(zip(METHODS, ("#7f7f7f", "#1f77b4", "#2ca02c", "#d62728", "#ff7f0e",
+                                 "#8c564b", "#9467bd"), strict=True))
     curves = {m: [anytime(v, budget) for v in results["runs"][m]] for m in METHODS}
     low = min(min(c) for cs in curves.values() for c in cs)
     high = max(max(c) for cs in curves.values() for c in cs)

@@ -9,7 +9,14 @@ from pathlib import Path
 
 from rich.table import Table
 
-from analysis import Experiment, TrialRecord, load_experiment, load_result, rank_trials
+from analysis import (
+    Experiment,
+    TrialRecord,
+    load_confirmations,
+    load_experiment,
+    load_result,
+    rank_trials,
+)
 
 from ._console import UsageError, console
 from ._driver import graceful_interrupts
@@ -162,10 +169,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from ._confirm import confirmation_table  # it builds on this module
+
     experiment = load_experiment(args.dir)
     console.print(trial_table(experiment))
     if experiment.final_results():
         console.print(final_table(experiment))
+    confirmed = load_confirmations(experiment.path)
+    if confirmed:
+        console.print(confirmation_table(confirmed, experiment.name))
     return 0
 
 

@@ -69,6 +69,9 @@ class SearchSettings(ConfigSection):
     reuse_actors: bool = True
     share_warm_start: bool = True  # one CE warm start per experiment, not one per trial
     seed: int = 0  # sampler seed
+    tpe_multivariate: bool = False  # TPE over the joint distribution (grouped); bench: worse
+    tpe_constant_liar: bool = False  # TPE assumes running trials score badly (parallel trials)
+    tpe_startup: int | None = Field(None, ge=1)  # random trials first; None: N/3 within 2-10
     final_top_k: int = Field(2, ge=0)  # trials re-evaluated with AutoAttack at the end (0: off)
     final_examples: int = Field(500, ge=1)  # test images per final evaluation
 

@@ -113,8 +113,11 @@ def make_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=s.seed)
     if s.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=s.seed)
-    return optuna.samplers.TPESampler(seed=s.seed,
-                                      n_startup_trials=min(10, max(2, s.num_samples // 3)))
+    startup = s.tpe_startup or min(10, max(2, s.num_samples // 3))
+    return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup,
+                                      multivariate=s.tpe_multivariate,
+                                      group=s.tpe_multivariate,
+                                      constant_liar=s.tpe_constant_liar)
 
 
 def max_epochs(cfg: SearchConfig) -> int:

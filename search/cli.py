@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ._search_cmd import add_search_commands
 
     add_search_commands(sub, _add_config_args)
+    from ._confirm import add_confirm_command
+
+    add_confirm_command(sub)
     from ._analysis_cmd import add_analysis_commands
 
     add_analysis_commands(sub)

@@ -39,15 +39,6 @@ def test_ce_step_flops_match_the_hand_count(width: int) -> None:
     assert bench.step_flops(trainer) == per_image * cfg.batch_size
 
 
-def test_trial_epochs_to_reach_counts_results_in_arrival_order() -> None:
-    log = bench.ResultLog()
-    for t, acc in enumerate([0.1, 0.3, 0.2, 0.5, 0.4]):
-        log.results.append((float(t), "trial", {"val_robust_acc": acc}))
-    assert bench._trial_epochs_to_reach(log, 0.3) == 2
-    assert bench._trial_epochs_to_reach(log, 0.45) == 4
-    assert bench._trial_epochs_to_reach(log, 0.9) is None
-
-
 def test_matmul_peak_is_positive_and_finite() -> None:
     peak = bench.matmul_peak(torch.device("cpu"), n=256)
     assert 1e6 < peak < 1e14

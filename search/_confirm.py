@@ -1,0 +1,124 @@
+"""``clustune confirm``: retrain the best configurations (and named baselines) with new seeds,
+audit each, and report the mean, spread and a 95 % interval per configuration.
+
+The retrained trials are a search over fixed points of its own, in EXPERIMENT/confirm: the
+same budget and warm-start rule as the search (the trials' recorded configs, only the seed
+changed; a baseline is the first configuration with its objective swapped), run as Ray
+trials and audited by the same final stage. Running the command again continues it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from rich.table import Table
+
+from analysis import (
+    CONFIRM_DIR,
+    META_FILE,
+    SEED_MARK,
+    Confirmation,
+    load_confirmations,
+    load_experiment,
+    rank_trials,
+)
+
+from ._console import UsageError, console
+from ._search_cmd import resume_search, run_search
+from ._spaces import SearchConfig
+
+__all__ = ["run_confirm", "confirmation_table", "BASELINES"]
+
+BASELINES = ("pgd_at", "trades")
+
+
+def _points(experiment, top: int, seeds: int, baselines: list[str]) -> dict[str, dict]:
+    """CONFIG@seedN -> the full training config of that configuration with that seed."""
+    chosen = [r for r in rank_trials(experiment) if not r.flagged and not r.trial.diverged][:top]
+    if not chosen:
+        raise UsageError(f"{experiment.path} has no unflagged trial with a scored epoch to "
+                         "confirm")
+    points: dict[str, dict] = {}
+    configs = {r.trial.trial_id: experiment.trial_config(r.trial) for r in chosen}
+    first = next(iter(configs.values()))
+    for name in baselines:
+        baseline = first.model_copy(deep=True)
+        baseline.objective.variant = name
+        configs[name] = baseline
+    for name, cfg in configs.items():
+        for i in range(1, seeds + 1):
+            data = cfg.model_dump(mode="json")
+            data["seed"] = cfg.seed + 1000 * i  # new seeds, never the search's own
+            points[f"{name}{SEED_MARK}{data['seed']}"] = data
+    return points
+
+
+def run_confirm(experiment_dir: Path, top: int = 1, seeds: int = 3,
+                baselines: list[str] | None = None, examples: int = 500,
+                address: str | None = None) -> list[Confirmation]:
+    """Retrain, audit and summarise (module docstring); continues an unfinished run."""
+    experiment = load_experiment(experiment_dir)
+    folder = experiment.path.resolve() / CONFIRM_DIR
+    if (folder / META_FILE).is_file():
+        console.print(f"continuing the confirmation in {folder}")
+        resume_search(folder, address)
+    else:
+        if seeds < 2:
+            raise UsageError("--seeds must be at least 2 (an interval needs two)")
+        points = _points(experiment, top, seeds, list(baselines or []))
+        s = experiment.meta["config"]["search"]
+        cfg = SearchConfig.model_validate({
+            "description": f"confirmation of {experiment.name} across seeds",
+            "train": {}, "points": points,
+            "search": {"num_samples": len(points), "scheduler": "fifo",
+                       "max_concurrent": s.get("max_concurrent", 2),
+                       "cpus_per_trial": s.get("cpus_per_trial", 1),
+                       "gpus_per_trial": s.get("gpus_per_trial", 0),
+                       "final_top_k": len(points), "final_examples": examples}})
+        run_search(cfg, folder, address)
+    found = load_confirmations(experiment.path)
+    console.print(confirmation_table(found, experiment.name))
+    return found
+
+
+def confirmation_table(found: list[Confirmation], name: str) -> Table:
+    table = Table(title=f"{name}: audited robust accuracy across seeds (worst case over "
+                  "attacks and heads, test set)")
+    for col in ("configuration", "seeds", "per seed", "mean", "sd", "95 % interval", "images",
+                "flagged seeds"):
+        table.add_column(col)
+    for c in found:
+        low, high = c.interval
+        table.add_row(c.config, str(len(c.values)), ", ".join(f"{v:.3f}" for v in c.values),
+                      f"{c.mean:.3f}", "-" if math.isnan(c.sd) else f"{c.sd:.3f}",
+                      "-" if math.isnan(low) else f"{low:.3f}-{high:.3f}", str(c.n_examples),
+                      str(c.flagged_seeds))
+    return table
+
+
+def _cmd_confirm(args: argparse.Namespace) -> int:
+    if args.top < 1 or args.examples < 1:
+        raise UsageError("--top and --examples must be at least 1")
+    run_confirm(Path(args.dir), args.top, args.seeds, args.baseline or [], args.examples,
+                args.address)
+    return 0
+
+
+def add_confirm_command(sub) -> None:
+    p = sub.add_parser("confirm", help="retrain the best configs with new seeds and audit them",
+                       description="Retrain the top configurations of the ranking (and named "
+                       "baselines) with new seeds as Ray trials, audit each with the final "
+                       "stage, and report the mean, standard deviation and 95 %% interval per "
+                       "configuration. Results go to DIR/confirm; running it again continues.")
+    p.add_argument("dir", help="the experiment folder")
+    p.add_argument("--top", type=int, default=1, help="configurations to confirm (default 1)")
+    p.add_argument("--seeds", type=int, default=3, help="new seeds per configuration "
+                   "(default 3, at least 2)")
+    p.add_argument("--baseline", action="append", choices=BASELINES,
+                   help="also confirm this baseline at the same budget (repeatable)")
+    p.add_argument("--examples", type=int, default=500, help="test images per audit "
+                   "(default 500)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or embedded)")
+    p.set_defaults(func=_cmd_confirm)

@@ -1,0 +1,86 @@
+"""`clustune confirm` on digits: the best configuration and a baseline retrained with new seeds
+as Ray trials, audited, summarised as mean, sd and a 95 % interval; shown by status, best and
+report; running it again continues instead of retraining."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+
+from analysis import best_configs, load_experiment, write_report
+from search import SearchConfig, run_search
+from search._confirm import run_confirm
+from search.cli import main
+
+T_975_DF1 = 12.706204736174698  # Student's t, 97.5 % quantile, one degree of freedom
+
+
+@pytest.fixture(scope="module")
+def confirmed(ray_session, tmp_path_factory, digits_search):
+    data = digits_search(num_samples=3, final_top_k=1, final_examples=16, scheduler="fifo")
+    data["train"]["optim"]["epochs"] = 2
+    path = tmp_path_factory.mktemp("confirm") / "exp"
+    run_search(SearchConfig.model_validate(data), path)
+    found = run_confirm(path, top=1, seeds=2, baselines=["pgd_at"], examples=16)
+    return path, found
+
+
+def test_the_best_config_and_a_baseline_are_retrained_with_new_seeds(confirmed):
+    path, found = confirmed
+    experiment = load_experiment(path)
+    best = experiment.proxy_ranked()[0]  # the only audited trial: first in the ranking too
+    assert [c.config for c in found] == [best.trial_id, "pgd_at"]
+    runs = load_experiment(path / "confirm")
+    assert len(runs.trials) == 4
+    assert all(t.status == "TERMINATED" and t.epochs == 2 for t in runs.trials)
+    original = experiment.trial_config(best).model_dump()
+    for trial in runs.trials:
+        cfg = runs.trial_config(trial).model_dump()
+        name, _, seed = trial.params["point"].partition("@seed")
+        assert cfg["seed"] == int(seed) != original["seed"]
+        if name == "pgd_at":
+            assert cfg["objective"]["variant"] == "pgd_at"
+        else:
+            assert {**cfg, "seed": original["seed"]} == original  # only the seed differs
+
+
+def test_the_summary_is_the_mean_and_t_interval_of_the_audits(confirmed):
+    path, found = confirmed
+    finals = {r["trial_id"]: r for r in load_experiment(path / "confirm").final_results()}
+    assert len(finals) == 4
+    for c in found:
+        assert len(c.values) == 2 and c.n_examples == 16
+        mean = sum(c.values) / 2
+        sd = abs(c.values[0] - c.values[1]) / math.sqrt(2)
+        assert c.mean == pytest.approx(mean) and c.sd == pytest.approx(sd)
+        half = T_975_DF1 * sd / math.sqrt(2)
+        assert c.interval == pytest.approx((mean - half, mean + half))
+    worst = sorted(r["worst_case_acc"] for r in finals.values())
+    assert sorted(v for c in found for v in c.values) == worst
+    assert statistics.fmean(worst) == pytest.approx(statistics.fmean(
+        [v for c in found for v in c.values]))
+
+
+def test_status_best_and_report_show_the_confirmation(confirmed, tmp_path, capsys):
+    path, found = confirmed
+    capsys.readouterr()
+    assert main(["status", str(path)]) == 0
+    assert "audited robust accuracy across seeds" in capsys.readouterr().err
+    (best,) = best_configs(path, top=1, out=tmp_path)
+    assert f"confirmed with new seeds (clustune confirm): {found[0].summary()}" in \
+        best.read_text()
+    report = write_report(path, tmp_path / "r.md").read_text()
+    assert "## Confirmation across seeds" in report and "| pgd_at | 2 |" in report
+
+
+def test_running_it_again_continues_and_retrains_nothing(confirmed):
+    path, found = confirmed
+    before = {t.trial_id: t.history for t in load_experiment(path / "confirm").trials}
+    again = run_confirm(path, top=1, seeds=2, baselines=["pgd_at"], examples=16)
+    assert again == found
+    after = {t.trial_id: t.history for t in load_experiment(path / "confirm").trials}
+    assert after == before
+    assert json.loads((path / "confirm" / "clustune.json").read_text())["name"] == "confirm"
