@@ -8,7 +8,6 @@ through a file in the experiment folder.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -18,6 +17,7 @@ from typing import Any
 
 import ray
 import torch
+from filelock import FileLock
 from ray import tune
 
 from trainable import (
@@ -56,15 +56,13 @@ def shared_warm_start(cfg: TrainConfig, folder: Path, device: str | None = None)
         return cfg
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{_warm_start_key(cfg)}.pt"
-    with (folder / f"{path.stem}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(folder / f"{path.stem}.lock"):
         if not path.exists():
             ce = cfg.model_copy(deep=True)
             ce.objective.variant = "ce"
             trainer = Trainer(ce, device=device)
             trainer.warm_start()
             trainer.save(path)
-        fcntl.flock(lock, fcntl.LOCK_UN)
     data = cfg.model_dump(mode="json")
     data["warm_start"].update(ce_epochs=0, checkpoint=str(path))
     return build_config(data)

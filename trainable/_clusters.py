@@ -128,17 +128,17 @@ class ClusterSampler:
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (example indices [M*D], cluster id of each of the M batch clusters [M])."""
         seed = torch.multinomial(self.weights(), 1, generator=self.generator)
-        batch_clusters = torch.cat([seed, self._impostors[seed.item()]])
+        slot_cluster = torch.cat([seed, self._impostors[seed.item()]])
         u = torch.rand(self.m, self.d, generator=self.generator)
-        offs = (u * self._sizes[batch_clusters][:, None]).long()
-        idx = self._order[self._starts[batch_clusters][:, None] + offs].flatten()
-        return idx, batch_clusters
+        offs = (u * self._sizes[slot_cluster][:, None]).long()
+        idx = self._order[self._starts[slot_cluster][:, None] + offs].flatten()
+        return idx, slot_cluster
 
-    def record(self, batch_clusters: torch.Tensor, per_example_loss: torch.Tensor) -> None:
+    def record(self, slot_cluster: torch.Tensor, per_example_loss: torch.Tensor) -> None:
         """Fold the batch's per-example losses into each batch cluster's running mean loss."""
         per_cluster = per_example_loss.detach().float().cpu().view(self.m, self.d).mean(1)
-        old = self.cluster_loss[batch_clusters]
-        self.cluster_loss[batch_clusters] = torch.where(
+        old = self.cluster_loss[slot_cluster]
+        self.cluster_loss[slot_cluster] = torch.where(
             torch.isnan(old), per_cluster, self.momentum * old + (1 - self.momentum) * per_cluster)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

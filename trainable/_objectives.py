@@ -28,13 +28,14 @@ class Batch:
     cfg: TrainConfig
     x: torch.Tensor  # [B, C, H, W] in [0, 1], augmented
     y: torch.Tensor
-    batch_cluster: torch.Tensor | None  # [B] in 0..M-1 (clustering variants)
-    cluster_class: torch.Tensor | None  # [M]
+    # a clustering batch has M slots, one sampled cluster each, D examples per slot
+    example_slot: torch.Tensor | None  # [B] the slot (0..M-1) of each example
+    slot_class: torch.Tensor | None  # [M] the class of each slot's cluster
     generator: torch.Generator
-    batch_clusters: torch.Tensor | None = None  # [M] cluster ids, for the sampler's bookkeeping
+    slot_cluster: torch.Tensor | None = None  # [M] each slot's cluster id (for the sampler)
 
     def magnet(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return magnet_loss(emb, self.batch_cluster, self.cluster_class, self.cfg.clusters.alpha)
+        return magnet_loss(emb, self.example_slot, self.slot_class, self.cfg.clusters.alpha)
 
     def attack(self, loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         a = self.cfg.attack

@@ -14,6 +14,7 @@ shared warm start) leave the training run in the same state.
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import json
 import time
@@ -78,6 +79,14 @@ def _cached_data(cfg: TrainConfig, device: torch.device) -> ImageData:
 
 def _no_progress(stage: str, done: int, total: int) -> None:
     """Default progress callback: silent."""
+
+
+AttackLoss = Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]  # y -> x -> loss
+
+
+def _ce_loss(model: Classifier, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Cross-entropy of the model's scores on adversarial images, for labels y."""
+    return lambda x_adv: F.cross_entropy(model(x_adv), y)
 
 
 class Trainer:
@@ -187,13 +196,13 @@ class Trainer:
             self.sampler.set_clusters(self.clusters)
 
     def _clustering_batch(self) -> Batch:
-        idx, batch_clusters = self.sampler.sample()
+        idx, slot_cluster = self.sampler.sample()
         c = self.cfg.clusters
-        batch_cluster = torch.arange(c.m, device=self.device).repeat_interleave(c.d)
-        cluster_class = self.clusters.centroid_class[batch_clusters.to(self.device)]
+        example_slot = torch.arange(c.m, device=self.device).repeat_interleave(c.d)
+        slot_class = self.clusters.centroid_class[slot_cluster.to(self.device)]
         y = self.data.y_train[idx.to(self.device)]
-        return Batch(self.model, self.head, self.cfg, self._images(idx), y, batch_cluster,
-                     cluster_class, self.generator, batch_clusters)
+        return Batch(self.model, self.head, self.cfg, self._images(idx), y, example_slot,
+                     slot_class, self.generator, slot_cluster)
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
@@ -231,7 +240,7 @@ class Trainer:
             loss, terms, per = OBJECTIVES[cfg.objective.variant](batch)
             self._step(loss)
         if per is not None:
-            self.sampler.record(batch.batch_clusters, per)
+            self.sampler.record(batch.slot_cluster, per)
         return {"loss": loss.item(), **terms}
 
     def train_epoch(self) -> dict[str, Any]:
@@ -276,6 +285,20 @@ class Trainer:
         other.set_clusters(self.head.centroids, self.head.sigma2)
         return Classifier(self.model, other)
 
+    def validation_attacks(self, clf: Classifier) -> list[AttackLoss]:
+        """The robust proxy's attacks, each a loss builder (labels -> loss of the images) that
+        PGD maximises: CE through the trial's own head; for clustering models also CE through
+        the logprob head and the embedding's centroid margin, which no head's flat or
+        saturated scores can mask (docs/algorithms.md, "The validation proxy")."""
+        attacks: list[AttackLoss] = [functools.partial(_ce_loss, clf)]
+        if self.cfg.is_clustering:
+            if self.head.kind != "logprob":
+                attacks.append(functools.partial(_ce_loss, self.classifier("logprob")))
+            attacks.append(functools.partial(embedding_margin_loss, self.model.embed,
+                                             self.head.centroids,
+                                             self.clusters.centroid_class))
+        return attacks
+
     def evaluate(self, split: str = "val") -> dict[str, float]:
         """Clean accuracy on the split; PGD robust accuracy and margins on its first examples."""
         x_all, y_all = (self.data.x_val, self.data.y_val) if split == "val" else (
@@ -290,20 +313,7 @@ class Trainer:
         x, y = as_float(x_all[:n]), y_all[:n]
         eps = self.cfg.eval_eps
         step = self.cfg.eval.pgd_step_size or eps / 4
-        # the robust proxy: PGD through the trial's own head, and for clustering models also
-        # through the logprob head and on the embedding's centroid margin, which no head's
-        # flat or saturated scores can mask (docs/algorithms.md, "The validation proxy")
-        Loss = Callable[[torch.Tensor], torch.Tensor]
-
-        def ce_through(model: Classifier) -> Callable[[torch.Tensor], Loss]:
-            return lambda t: lambda xa: F.cross_entropy(model(xa), t)
-
-        attacks = [ce_through(clf)]
-        if self.cfg.is_clustering:
-            if self.head.kind != "logprob":
-                attacks.append(ce_through(self.classifier("logprob")))
-            attacks.append(lambda t: embedding_margin_loss(
-                self.model.embed, self.head.centroids, self.clusters.centroid_class, t))
+        attacks = self.validation_attacks(clf)
         # its own generator: evaluation settings must not change the training run
         eval_rng = torch.Generator().manual_seed(self.cfg.seed + self.epoch)
         robust = torch.ones(n, dtype=torch.bool, device=self.device)

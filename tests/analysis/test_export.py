@@ -166,11 +166,25 @@ def test_export_of_a_running_search(running_experiment, tmp_path):
     assert pq.read_table(written["epochs"]).num_rows == 3 + 2 + 1
 
 
-def test_export_replaces_its_files_atomically(finished_experiment, tmp_path):
+def test_export_replaces_its_files_atomically(finished_experiment, tmp_path, monkeypatch):
+    """A second export interrupted as it renames its first file into place leaves the first
+    export whole (and no temporary file); uninterrupted, it replaces it."""
+    import os
+
     first = export_experiment(finished_experiment.path, tmp_path)
-    second = export_experiment(finished_experiment.path, tmp_path)
-    assert first == second
+    before = {name: path.read_bytes() for name, path in first.items()}
+    real_replace = os.replace
+
+    def power_cut(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", power_cut)
+    with pytest.raises(KeyboardInterrupt):
+        export_experiment(finished_experiment.path, tmp_path)
+    assert {name: path.read_bytes() for name, path in first.items()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epochs.parquet", "trials.parquet"]
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert export_experiment(finished_experiment.path, tmp_path) == first
 
 
 def test_epochs_reported_again_after_a_restore_replace_the_abandoned_ones(fake_experiment,
@@ -196,15 +210,6 @@ def test_points_search_exports_the_point_name(fake_experiment, tmp_path):
     configs = [json.loads(c) for c in table.column("config_json").to_pylist()]
     assert sorted(c["objective"]["variant"] for c in configs) == ["qtrades", "trades"]
     assert (path / "export" / "trials.parquet").is_file()
-
-
-def test_trial_configs_match_the_search(finished_experiment):
-    """analysis resolves a trial's config exactly as the search's trials do."""
-    experiment = load_experiment(finished_experiment.path)
-    meta = experiment.meta
-    for t in experiment.trials:
-        assert experiment.trial_config(t) == resolve_trial_config(
-            meta["base"], meta["config"]["points"], t.params)
 
 
 def test_best_configs_load_unchanged_and_train(finished_experiment, tmp_path):

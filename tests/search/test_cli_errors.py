@@ -85,7 +85,8 @@ def test_resume_and_status_need_an_experiment(tmp_path, capsys):
 
 
 def test_every_command_has_help(capsys):
-    for command in ("train", "search", "resume", "status", "evaluate", "presets"):
+    for command in ("train", "search", "resume", "status", "evaluate", "confirm", "presets",
+                    "export", "best", "report", "dashboard"):
         with pytest.raises(SystemExit) as exit_info:
             cli.main([command, "--help"])
         assert exit_info.value.code == 0

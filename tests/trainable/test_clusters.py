@@ -118,16 +118,16 @@ def test_sampler_batch_invariants() -> None:
     cl, sampler = sampler_fixture(m, d)
     seen_seeds = set()
     for _ in range(50):
-        idx, batch_clusters = sampler.sample()
-        assert idx.shape == (m * d,) and batch_clusters.shape == (m,)
-        seed = int(batch_clusters[0])
+        idx, slot_cluster = sampler.sample()
+        assert idx.shape == (m * d,) and slot_cluster.shape == (m,)
+        seed = int(slot_cluster[0])
         seen_seeds.add(seed)
-        cls = cl.centroid_class[batch_clusters]
+        cls = cl.centroid_class[slot_cluster]
         assert (cls[1:] != cls[0]).all()  # the other M-1 are of other classes
-        assert batch_clusters[1:].tolist() == nearest_impostors(cl, seed, m - 1)
+        assert slot_cluster[1:].tolist() == nearest_impostors(cl, seed, m - 1)
         # the D examples listed under each batch cluster belong to it
         assert torch.equal(cl.assignment[idx].view(m, d),
-                           batch_clusters[:, None].expand(m, d))
+                           slot_cluster[:, None].expand(m, d))
     assert len(seen_seeds) > 5
 
 
@@ -171,14 +171,14 @@ def test_sampler_weights_never_reach_zero() -> None:
 def test_sampler_record_keeps_a_running_mean_per_cluster() -> None:
     m, d = 4, 3
     _, sampler = sampler_fixture(m, d)
-    batch_clusters = torch.tensor([0, 3, 5, 7])
+    slot_cluster = torch.tensor([0, 3, 5, 7])
     per = torch.arange(m * d, dtype=torch.float32)
-    sampler.record(batch_clusters, per)
+    sampler.record(slot_cluster, per)
     first = per.view(m, d).mean(1)
-    torch.testing.assert_close(sampler.cluster_loss[batch_clusters], first)
+    torch.testing.assert_close(sampler.cluster_loss[slot_cluster], first)
     assert torch.isnan(sampler.cluster_loss[[1, 2, 4, 6, 8, 9]]).all()
-    sampler.record(batch_clusters, torch.zeros(m * d))
-    torch.testing.assert_close(sampler.cluster_loss[batch_clusters],
+    sampler.record(slot_cluster, torch.zeros(m * d))
+    torch.testing.assert_close(sampler.cluster_loss[slot_cluster],
                                sampler.momentum * first)
 
 

@@ -14,12 +14,11 @@ from trainable import atomic_write_text
 ROOT = Path(__file__).resolve().parents[2]
 WRITE = re.compile(r"\.write_(text|bytes)\(|open\(.*[\"'][wax]b?\+?[\"']|torch\.save\(")
 # the only direct writes: the helper itself, a checkpoint serialised to memory first, the
-# line-by-line epoch log of `clustune train`, and the warm start's (empty) lock file
+# line-by-line epoch log of `clustune train`
 ALLOWED = {
     "trainable/_files.py": 'os.fdopen(fd, "wb")',
     "trainable/_trainer.py": "torch.save(self.state_dict(), buffer)",
     "search/_train_cmd.py": '(out / "metrics.jsonl").open("w")',
-    "search/_trainable.py": '(folder / f"{path.stem}.lock").open("w")',
 }
 
 

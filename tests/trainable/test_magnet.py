@@ -13,12 +13,12 @@ from trainable import MagnetLoss, magnet_loss
 OLD_CAP = -math.log(1e-8)  # 18.42: the most the original -log(x + 1e-8) could return
 
 
-def reference(emb: torch.Tensor, batch_cluster: torch.Tensor, cluster_class: torch.Tensor,
+def reference(emb: torch.Tensor, example_slot: torch.Tensor, slot_class: torch.Tensor,
               alpha: float, sigma_denominator: str = "B-1") -> tuple[list, object]:
     """Per-example magnet losses and their mean, by explicit loops at 60 significant digits."""
     with mpmath.workdps(60):
         e = [[mpmath.mpf(float(v)) for v in row] for row in emb.tolist()]
-        bc, cc = batch_cluster.tolist(), cluster_class.tolist()
+        bc, cc = example_slot.tolist(), slot_class.tolist()
         b, dim, m = len(e), len(e[0]), len(cc)
         means = []
         for j in range(m):
