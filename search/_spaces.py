@@ -11,7 +11,7 @@ import optuna
 from pydantic import Field, ValidationError, model_validator
 
 from trainable import (
-    NUM_CLASSES,
+    DATASETS,
     ConfigError,
     ConfigSection,
     TrainConfig,
@@ -145,7 +145,7 @@ def suggest(trial: optuna.Trial, cfg: SearchConfig, base: dict[str, Any]) -> dic
         return {"point": trial.suggest_categorical("point", list(cfg.points))}
     out = {name: _draw(trial, name, spec) for name, spec in sorted(cfg.space.items())
            if name not in DEPENDENT}
-    classes = NUM_CLASSES[base.get("data", {}).get("dataset", "fashion-mnist")]
+    classes = DATASETS[base.get("data", {}).get("dataset", "fashion-mnist")].classes
     k = out.get("clusters.k", base.get("clusters", {}).get("k", 2))
     for name in DEPENDENT:
         if name in cfg.space:

@@ -8,8 +8,6 @@ The clustering core is public so researchers can use it directly::
 from ._attacks import embedding_margin_loss, frozen, pgd_linf
 from ._clusters import Clusters, ClusterSampler, fit_clusters, kmeans
 from ._config import (
-    DEFAULT_EPS,
-    NUM_CLASSES,
     ConfigError,
     ConfigSection,
     TrainConfig,
@@ -23,7 +21,8 @@ from ._config import (
     resolve_trial_config,
     validation_message,
 )
-from ._data import DATASETS, DataError, ImageData, augment_batch, load_data
+from ._data import DataError, ImageData, augment_batch, load_data
+from ._datasets import DATASETS, Dataset
 from ._errors import ClustuneError
 from ._files import atomic_write_bytes, atomic_write_text
 from ._heads import EMPTY_CLASS_LOGIT, HEADS, ClusterHead
@@ -41,10 +40,10 @@ from ._trainer import (
 )
 
 __all__ = [
-    "DATASETS", "DEFAULT_EPS", "EMPTY_CLASS_LOGIT", "HEADS", "NUM_CLASSES", "OBJECTIVES",
+    "DATASETS", "EMPTY_CLASS_LOGIT", "HEADS", "OBJECTIVES",
     "Backbone", "CheckpointError", "Classifier", "ClusterHead", "ClusterSampler", "Clusters",
-    "ClustuneError", "ConfigError", "ConfigSection", "DataError", "ImageData", "MagnetLoss",
-    "ResNet18", "SmallCNN", "TrainConfig", "Trainer", "TrainingDiverged",
+    "ClustuneError", "ConfigError", "ConfigSection", "DataError", "Dataset", "ImageData",
+    "MagnetLoss", "ResNet18", "SmallCNN", "TrainConfig", "Trainer", "TrainingDiverged",
     "apply_overrides", "atomic_write_bytes", "atomic_write_text", "augment_batch",
     "build_backbone", "build_config", "consistency", "embedding_margin_loss",
     "fit_clusters", "frozen", "kmeans", "list_presets", "load_checkpoint", "load_classifier",

@@ -14,14 +14,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ._datasets import DATASETS
 from ._errors import ClustuneError
 
 __all__ = ["ConfigError", "ConfigSection", "TrainConfig", "apply_overrides", "build_config",
            "list_presets", "load_config", "load_preset", "parse_overrides", "read_yaml",
-           "resolve_trial_config", "validation_message", "DEFAULT_EPS", "NUM_CLASSES"]
+           "resolve_trial_config", "validation_message"]
 
-NUM_CLASSES = {"fashion-mnist": 10, "digits": 10, "cifar10": 10}
-DEFAULT_EPS = {"fashion-mnist": 0.1, "digits": 0.1, "cifar10": 8 / 255}
 CLUSTERING_VARIANTS = ("magnet", "qtrades", "magnet_adv")
 ADVERSARIAL_VARIANTS = ("pgd_at", "trades", "qtrades", "magnet_adv")
 
@@ -134,7 +133,7 @@ class TrainConfig(ConfigSection):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        c, cl, obj = NUM_CLASSES[self.data.dataset], self.clusters, self.objective
+        c, cl, obj = DATASETS[self.data.dataset].classes, self.clusters, self.objective
         if cl.l > c * cl.k:
             raise ValueError(f"clusters.l={cl.l} exceeds C*K={c * cl.k}")
         if cl.m > c * cl.k:
@@ -161,7 +160,9 @@ class TrainConfig(ConfigSection):
 
     @property
     def eps(self) -> float:
-        return self.attack.eps if self.attack.eps is not None else DEFAULT_EPS[self.data.dataset]
+        if self.attack.eps is not None:
+            return self.attack.eps
+        return DATASETS[self.data.dataset].default_eps
 
     @property
     def eval_eps(self) -> float:
@@ -169,7 +170,7 @@ class TrainConfig(ConfigSection):
 
     @property
     def num_classes(self) -> int:
-        return NUM_CLASSES[self.data.dataset]
+        return DATASETS[self.data.dataset].classes
 
     @property
     def batch_size(self) -> int:

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
+from ._datasets import DATASETS
 from ._errors import ClustuneError
 
-__all__ = ["DataError", "ImageData", "load_data", "augment_batch", "DATASETS"]
+__all__ = ["DataError", "ImageData", "load_data", "augment_batch"]
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
-DATASETS = ("fashion-mnist", "digits", "cifar10")
 
 
 class DataError(ClustuneError, RuntimeError):
@@ -119,7 +119,7 @@ def _load_fashion_mnist(root: str | None):
         if len(x) != len(y):
             raise DataError(f"Fashion-MNIST {split} images and labels differ in length")
         parts[split] = (x[:, None], y)
-    return parts, 10, (0.2860,), (0.3530,), 2, True
+    return parts, (0.2860,), (0.3530,)
 
 
 def _load_digits():
@@ -131,7 +131,7 @@ def _load_digits():
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
     mean = float(x_tr.mean() / 255.0)
     std = float(x_tr.std() / 255.0)
-    return {"train": (x_tr, y_tr), "test": (x_te, y_te)}, 10, (mean,), (std,), 1, False
+    return {"train": (x_tr, y_tr), "test": (x_te, y_te)}, (mean,), (std,)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -205,7 +205,7 @@ def _load_cifar10(root: str | None, verify_md5: bool, download: bool):
             except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as err:
                 raise DataError(f"CIFAR-10 file {name} under {path} is unreadable: {err}") from err
         parts[split] = (np.concatenate(xs), np.concatenate(ys))
-    return parts, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4, True
+    return parts, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 def load_data(name: str, root: str | None = None, val_fraction: float = 0.1,
@@ -213,13 +213,15 @@ def load_data(name: str, root: str | None = None, val_fraction: float = 0.1,
               download: bool = False) -> ImageData:
     """Load a dataset and split a seeded, stratified validation set off its training set."""
     if name == "fashion-mnist":
-        parts, classes, mean, std, pad, flip = _load_fashion_mnist(root)
+        parts, mean, std = _load_fashion_mnist(root)
     elif name == "digits":
-        parts, classes, mean, std, pad, flip = _load_digits()
+        parts, mean, std = _load_digits()
     elif name == "cifar10":
-        parts, classes, mean, std, pad, flip = _load_cifar10(root, verify_md5, download)
+        parts, mean, std = _load_cifar10(root, verify_md5, download)
     else:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    facts = DATASETS[name]
+    classes, pad, flip = facts.classes, facts.crop_padding, facts.flip
     x, y = parts["train"]
     x_tr, x_val, y_tr, y_val = train_test_split(
         x, y, test_size=val_fraction, stratify=y, random_state=seed)

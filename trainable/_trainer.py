@@ -29,6 +29,7 @@ from ._attacks import embedding_margin_loss, frozen, pgd_linf
 from ._clusters import Clusters, ClusterSampler, fit_clusters
 from ._config import TrainConfig, build_config
 from ._data import ImageData, as_float, augment_batch, load_data
+from ._datasets import DATASETS
 from ._errors import ClustuneError
 from ._files import atomic_write_bytes
 from ._heads import ClusterHead
@@ -446,7 +447,7 @@ def load_classifier(path: str | Path, head: str | None = None,
     """
     state = load_checkpoint(path, device)
     cfg = build_config(json.loads(state["config"]))
-    channels = 3 if cfg.data.dataset == "cifar10" else 1
+    channels = DATASETS[cfg.data.dataset].channels
     mean = tuple(state["model"]["mean"].flatten().tolist())
     std = tuple(state["model"]["std"].flatten().tolist())
     model = build_backbone(cfg.model.arch, channels, cfg.num_classes, mean, std,
