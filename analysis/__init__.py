@@ -18,20 +18,22 @@ from ._export import EPOCHS_SCHEMA, TRIALS_SCHEMA, best_configs, export_experime
 from ._ranking import FLAG_LEGEND, Flag, RankedTrial, flags_of, rank_trials, worst_case
 from ._report import pareto_front, write_report
 from ._results import (
+    FINAL_DIR,
     META_FILE,
+    STUDY_FILE,
     Experiment,
     ExperimentError,
     TrialRecord,
     load_experiment,
     read_meta,
+    study_url,
 )
 
 __all__ = [
-    "CONFIRM_DIR", "SEED_MARK", "Confirmation", "load_confirmations", "worst_case",
-    "EPOCHS_SCHEMA", "FLAG_LEGEND", "META_FILE", "SCHEMA_VERSION", "TRIALS_SCHEMA", "Experiment",
-    "ExperimentError", "Flag", "RankedTrial", "ResultError", "RobustnessResult", "TrialRecord",
-    "best_configs",
+    "CONFIRM_DIR", "Confirmation", "EPOCHS_SCHEMA", "Experiment", "ExperimentError", "FINAL_DIR",
+    "FLAG_LEGEND", "Flag", "META_FILE", "RankedTrial", "ResultError", "RobustnessResult",
+    "SCHEMA_VERSION", "SEED_MARK", "STUDY_FILE", "TRIALS_SCHEMA", "TrialRecord", "best_configs",
     "evaluate_checkpoint", "evaluate_robustness", "export_experiment", "flags_of",
-    "load_experiment", "load_result", "pareto_front", "rank_trials", "read_meta", "save_result",
-    "write_report",
+    "load_confirmations", "load_experiment", "load_result", "pareto_front", "rank_trials",
+    "read_meta", "save_result", "study_url", "worst_case", "write_report",
 ]

@@ -16,9 +16,19 @@ from typing import Any
 from trainable import ClustuneError, TrainConfig, resolve_trial_config
 
 __all__ = ["TrialRecord", "Experiment", "load_experiment", "read_meta", "ExperimentError",
-           "META_FILE"]
+           "META_FILE", "STUDY_FILE", "FINAL_DIR", "study_url"]
 
-META_FILE = "clustune.json"
+# The experiment folder's own files, named here only (search writes them, analysis reads them);
+# the rest of the folder is Ray Tune's layout: TRIAL/params.json, TRIAL/result.json,
+# TRIAL/checkpoint_N/, experiment_state-*.json
+META_FILE = "clustune.json"  # the resolved search config, the study's name
+STUDY_FILE = "optuna.db"  # the Optuna study (sqlite)
+FINAL_DIR = "final"  # the final stage: final/TRIAL-HEAD.json, in analysis's result schema
+
+
+def study_url(experiment_dir: str | Path) -> str:
+    """The Optuna storage URL of the experiment's own study file."""
+    return f"sqlite:///{(Path(experiment_dir) / STUDY_FILE).resolve()}"
 
 
 class ExperimentError(ClustuneError, ValueError):
@@ -124,8 +134,7 @@ class Experiment:
     def study_storage(self) -> str | None:
         """The folder's own optuna.db (so a copied or moved experiment reads its own study,
         not the absolute path recorded in clustune.json); None before the study exists."""
-        db = self.path / "optuna.db"
-        return f"sqlite:///{db.resolve()}" if db.is_file() else None
+        return study_url(self.path) if (self.path / STUDY_FILE).is_file() else None
 
     def trial_config(self, trial: TrialRecord) -> TrainConfig:
         if self.configs is not None:
@@ -138,7 +147,7 @@ class Experiment:
         if self.finals is not None:
             return self.finals
         results = []
-        for file in sorted((self.path / "final").glob("*-*.json")):
+        for file in sorted((self.path / FINAL_DIR).glob("*-*.json")):
             try:  # written atomically: a file that does not parse is damaged, not half-written
                 result = json.loads(file.read_text(encoding="utf-8"))
                 problem = None if isinstance(result, dict) and all(

@@ -13,6 +13,7 @@ import ray
 from rich.table import Table
 
 from analysis import (
+    FINAL_DIR,
     Experiment,
     TrialRecord,
     flags_of,
@@ -25,9 +26,7 @@ from trainable import TrainConfig
 
 from ._console import UsageError, console, progress_bar
 
-__all__ = ["select_trials", "run_final_stage", "final_table", "FINAL_DIR", "ProgressBoard"]
-
-FINAL_DIR = "final"
+__all__ = ["select_trials", "run_final_stage", "final_table", "ProgressBoard"]
 
 
 def select_trials(experiment: Experiment, top_k: int,

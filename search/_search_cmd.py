@@ -10,19 +10,21 @@ from pathlib import Path
 from rich.table import Table
 
 from analysis import (
+    FINAL_DIR,
     Experiment,
     TrialRecord,
     load_confirmations,
     load_experiment,
     load_result,
     rank_trials,
+    read_meta,
 )
 
 from ._console import UsageError, console
 from ._driver import graceful_interrupts
-from ._final import FINAL_DIR, final_table, run_final_stage
+from ._final import final_table, run_final_stage
 from ._spaces import SearchConfig, SearchSettings, check_inputs, load_search_config
-from ._tuner import build_tuner, check_gpus, embedded, read_meta, restore_tuner, start_ray
+from ._tuner import build_tuner, check_gpus, embedded, restore_tuner, start_ray
 
 __all__ = ["add_search_commands", "run_search", "resume_search", "trial_table"]
 

@@ -18,7 +18,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from analysis import META_FILE, read_meta
+from analysis import META_FILE, read_meta, study_url
 from trainable import atomic_write_text
 
 from ._console import UsageError
@@ -28,10 +28,8 @@ from ._optuna import FidelityOptunaSearch
 from ._spaces import DEPENDENT, SearchConfig, suggest
 from ._trainable import ClusteringTrainable
 
-__all__ = ["start_ray", "embedded", "check_gpus", "build_tuner", "restore_tuner", "read_meta",
-           "META_FILE", "STUDY_FILE", "study_storage_url", "make_sampler", "max_epochs"]
-
-STUDY_FILE = "optuna.db"
+__all__ = ["start_ray", "embedded", "check_gpus", "build_tuner", "restore_tuner",
+           "make_sampler", "max_epochs"]
 
 
 def dashboard_available() -> bool:
@@ -92,10 +90,6 @@ def check_gpus(gpus: float, address: str | None, option: str) -> None:
                              f"({have}); leave it out to run on the CPU")
 
 
-def study_storage_url(experiment_dir: Path) -> str:
-    return f"sqlite:///{(experiment_dir / STUDY_FILE).resolve()}"
-
-
 def _trainable(cfg: SearchConfig, experiment_dir: Path):
     s = cfg.search
     with_params = tune.with_parameters(ClusteringTrainable, base=cfg.base_dict(),
@@ -141,11 +135,11 @@ def build_tuner(cfg: SearchConfig, experiment_dir: Path, name: str,
     experiment_dir.mkdir(parents=True, exist_ok=True)
     study_name = f"clustune-{name}"
     meta = {"name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "study_name": study_name, "study_storage": study_storage_url(experiment_dir),
+            "study_name": study_name, "study_storage": study_url(experiment_dir),
             "config": cfg.model_dump(mode="json"), "base": cfg.base_dict()}
     atomic_write_text(experiment_dir / META_FILE, json.dumps(meta, indent=2))
     base = cfg.base_dict()
-    storage = optuna.storages.RDBStorage(study_storage_url(experiment_dir))
+    storage = optuna.storages.RDBStorage(study_url(experiment_dir))
     multi = s.multi_objective and not cfg.points
     metric: str | list[str] = s.objectives if multi else s.metric
     mode: str | list[str] = ["max"] * len(s.objectives) if multi else s.mode

@@ -8,9 +8,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from analysis import load_experiment
+from analysis import load_experiment, read_meta
 from search import ClusteringTrainable, SearchConfig, run_search
-from search._tuner import read_meta
 
 
 def _config(data: dict) -> SearchConfig:
