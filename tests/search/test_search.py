@@ -146,3 +146,16 @@ def test_an_exported_config_reproduces_its_trial_exactly(asha_experiment, tmp_pa
     assert trial.epochs >= 2
     assert [{k: r[k] for k in keys} for r in rows[:trial.epochs]] == \
         [{k: r[k] for k in keys} for r in trial.history]
+
+
+def test_the_testing_helper_writes_what_a_search_writes(asha_experiment, tmp_path):
+    """analysis.testing's hand-written folders keep the shape of a real search's metadata."""
+    from analysis.testing import SEARCH, make_experiment
+
+    real = read_meta(asha_experiment.path)
+    fake = read_meta(make_experiment(tmp_path).path)
+    assert set(fake) == set(real)
+    assert set(fake["config"]) <= set(real["config"])
+    assert set(SEARCH) <= set(real["config"]["search"])
+    assert {k: type(v) for k, v in SEARCH.items()} == \
+        {k: type(real["config"]["search"][k]) for k in SEARCH}
