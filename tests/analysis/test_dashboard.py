@@ -50,14 +50,19 @@ def _other_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
+def _dashboard(experiment: Path, port: int, log: Path) -> subprocess.Popen:
+    """`clustune dashboard EXPERIMENT --port PORT`, its output in log."""
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "search.cli", "dashboard", str(experiment),
+             "--port", str(port)], env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+            stdout=out, stderr=subprocess.STDOUT)
+
+
 def test_dashboard_listens_on_localhost_only(finished_experiment, tmp_path):
     port = _free_port()
     log = tmp_path / "dashboard.log"
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "search.cli", "dashboard", str(finished_experiment.path),
-             "--port", str(port)], env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
-            stdout=out, stderr=subprocess.STDOUT)
+    server = _dashboard(finished_experiment.path, port, log)
     try:
         deadline = time.monotonic() + 120
         while not _listening(port):
@@ -87,11 +92,7 @@ def test_the_tensorboard_command_it_prints_starts(finished_experiment, tmp_path)
     the search, and the README) prints serves the experiment's logs."""
     port, dash_port = _free_port(), _free_port()
     log = tmp_path / "dashboard.log"
-    with log.open("w") as out:
-        dashboard = subprocess.Popen(
-            [sys.executable, "-m", "search.cli", "dashboard", str(finished_experiment.path),
-             "--port", str(dash_port)], env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
-            stdout=out, stderr=subprocess.STDOUT)
+    dashboard = _dashboard(finished_experiment.path, dash_port, log)
     try:
         deadline = time.monotonic() + 120
         while "tensorboard --logdir" not in log.read_text():

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from analysis.testing import TRAIN
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
@@ -34,16 +36,9 @@ def digits_search():
 
 
 def _digits_search(**search) -> dict:
+    """The tiny digits training of analysis.testing (4 epochs here) over a K, L, lambda space."""
     return {
-        "train": {
-            "data": {"dataset": "digits"},
-            "model": {"width": 8, "embedding_dim": 16},
-            "clusters": {"k": 1, "l": 10, "m": 10, "d": 4},
-            "objective": {"variant": "qtrades"},
-            "optim": {"lr": 1e-3, "epochs": 4, "batches_per_epoch": 4},
-            "warm_start": {"ce_epochs": 1},
-            "eval": {"examples": 40, "pgd_steps": 2},
-        },
+        "train": {**TRAIN, "optim": {**TRAIN["optim"], "epochs": 4}},
         "space": {
             "clusters.k": {"type": "int", "low": 1, "high": 2},
             "clusters.l": {"type": "int", "low": 2, "high": 20},
