@@ -361,10 +361,29 @@ def svg(results: dict[str, Any], width: int = 720, height: int = 420) -> str:
     return "\n".join(parts) + "\n"
 
 
+def table_facts() -> str:
+    """What the table says about itself: how well an early epoch predicts the last, and the
+    spread between configurations against the change from one epoch to the next."""
+    curves = np.array([c["curve"] for c in json.loads(TABLE.read_text())["configs"]])
+    first_last = np.corrcoef(curves[:, 0], curves[:, -1])[0, 1]
+    return (f"table: {len(curves)} configurations; correlation of epoch 1 with epoch "
+            f"{curves.shape[1]}: {first_last:.2f}; sd across configurations at the last epoch "
+            f"{curves[:, -1].std():.3f}, sd of the last epoch-to-epoch change "
+            f"{(curves[:, -1] - curves[:, -2]).std():.3f}")
+
+
+def distinct_configurations(results: dict[str, Any]) -> str:
+    """Median distinct values per run: a proxy for distinct configurations visited."""
+    return "; ".join(f"{m} {statistics.median(len(set(v)) for v in runs):.0f}"
+                     for m, runs in results["runs"].items())
+
+
 def show() -> None:
     results = json.loads(RESULTS.read_text())
     PLOT.write_text(svg(results))
     print(markdown(results))
+    print(f"\n{table_facts()}\ndistinct values seen per run (median): "
+          f"{distinct_configurations(results)}")
     print(f"\n{results['seeds']} seeds x {len(METHODS)} methods, {results['trials']} trials of "
           f"up to {results['epochs']} epochs each; replay took {results['seconds']:.0f} s; "
           f"plot: {PLOT}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,39 @@ def test_performance_doc_quotes_the_committed_tables(record: str) -> None:
     root = Path(__file__).parents[1]
     table = bench.markdown(json.loads((root / "bench" / record).read_text()))
     assert table in (root / "docs" / "performance.md").read_text()
+
+
+def _search_bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "search_bench", Path(__file__).parents[1] / "bench" / "search_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_search_benchmark_figures_against_a_hand_count() -> None:
+    sb = _search_bench()
+    values = [0.1, 0.3, 0.2, 0.5, 0.4]
+    assert sb.anytime(values, 7) == [0.1, 0.3, 0.3, 0.5, 0.5, 0.5, 0.5]
+    assert sb.epochs_to_reach(values, 0.3) == 2 and sb.epochs_to_reach(values, 0.9) is None
+    runs = {m: [[0.1, 0.2], [0.3, 0.1], [0.25, 0.3]] for m in sb.METHODS}
+    rows, target = sb.summary({"runs": runs})
+    assert target == 0.3  # the median of random search's final bests 0.2, 0.3, 0.3
+    # trial-epochs to 0.3: never, 1, 2 -> median 2, quartiles 1.5 and inf
+    assert rows[0][:3] == ["random", "2/3", "2 [2-inf]"]
+
+
+def test_the_lookup_returns_the_nearest_recorded_curve() -> None:
+    sb = _search_bench()
+    table = json.loads((Path(__file__).parents[1] / "bench" / "search-table.json").read_text())
+    lookup = sb.Lookup(table)
+    for config in table["configs"][:20]:
+        assert lookup.curve(config["params"]) == config["curve"]
+
+
+def test_performance_doc_quotes_the_search_benchmark() -> None:
+    root = Path(__file__).parents[1]
+    results = json.loads((root / "bench" / "search-results.json").read_text())
+    assert _search_bench().markdown(results) in (root / "docs" / "performance.md").read_text()
