@@ -61,8 +61,8 @@ class Confirmation:
 
 
 def load_confirmations(path: str | Path) -> list[Confirmation]:
-    """The confirmations in EXPERIMENT/confirm ([] when there is none), in the order of their
-    configurations' first seed."""
+    """The confirmations in EXPERIMENT/confirm ([] when there is none), in the order `confirm`
+    listed them (the ranking's configurations, then the baselines)."""
     folder = Path(path) / CONFIRM_DIR
     if not (folder / META_FILE).is_file():
         return []
@@ -81,6 +81,8 @@ def load_confirmations(path: str | Path) -> list[Confirmation]:
             int(seed), min(worst_case(r) for r in evaluated),
             min(r["n_examples"] for r in evaluated),
             any(f.demotes for r in evaluated for f in flags_of(r))))
+    listed = [p.rpartition(SEED_MARK)[0] for p in experiment.meta["config"].get("points", {})]
+    order = sorted(groups, key=lambda c: listed.index(c) if c in listed else len(listed))
     return [Confirmation(config, tuple(s for s, *_ in rows), tuple(v for _, v, _, _ in rows),
                          min(n for _, _, n, _ in rows), sum(f for *_, f in rows))
-            for config, rows in ((c, sorted(r)) for c, r in groups.items())]
+            for config, rows in ((c, sorted(groups[c])) for c in order)]

@@ -41,6 +41,8 @@ def test_outputs_are_written_only_through_the_atomic_helpers():
     for package in ("trainable", "search", "analysis"):
         for path in sorted((ROOT / package).glob("*.py")):
             name = path.relative_to(ROOT).as_posix()
+            if name == "analysis/testing.py":  # writes test fixtures, not clustune's outputs
+                continue
             for number, line in enumerate(path.read_text().splitlines(), 1):
                 if WRITE.search(line) and ALLOWED.get(name, "\0") not in line:
                     direct.append(f"{name}:{number}: {line.strip()}")
