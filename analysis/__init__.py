@@ -28,12 +28,14 @@ from ._results import (
     read_meta,
     study_url,
 )
+from ._tune_layout import TRIAL_STATE_FILE
 
 __all__ = [
     "CONFIRM_DIR", "Confirmation", "EPOCHS_SCHEMA", "Experiment", "ExperimentError", "FINAL_DIR",
     "FLAG_LEGEND", "Flag", "META_FILE", "RankedTrial", "ResultError", "RobustnessResult",
-    "SCHEMA_VERSION", "SEED_MARK", "STUDY_FILE", "TRIALS_SCHEMA", "TrialRecord", "best_configs",
-    "evaluate_checkpoint", "evaluate_robustness", "export_experiment", "flags_of",
-    "load_confirmations", "load_experiment", "load_result", "pareto_front", "rank_trials",
-    "read_meta", "save_result", "study_url", "worst_case", "write_report",
+    "SCHEMA_VERSION", "SEED_MARK", "STUDY_FILE", "TRIALS_SCHEMA", "TRIAL_STATE_FILE",
+    "TrialRecord", "best_configs", "evaluate_checkpoint", "evaluate_robustness",
+    "export_experiment", "flags_of", "load_confirmations", "load_experiment", "load_result",
+    "pareto_front", "rank_trials", "read_meta", "save_result", "study_url", "worst_case",
+    "write_report",
 ]

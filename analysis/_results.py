@@ -1,7 +1,7 @@
 """An experiment folder read back as trial records, for status tables, exports and reports.
 
-Reads Ray Tune's files directly (params.json, result.json) plus its experiment state for trial
-statuses, so it works on a finished search and on one that is still running.
+clustune's own files are named here; Ray Tune's layout is read by :mod:`._tune_layout` (the
+one module a Ray upgrade touches). Works on a finished search and on one still running.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from trainable import ClustuneError, TrainConfig, resolve_trial_config
+
+from ._tune_layout import checkpoint_epoch, checkpoint_files, read_tune_trials
 
 __all__ = ["TrialRecord", "Experiment", "load_experiment", "read_meta", "ExperimentError",
            "META_FILE", "STUDY_FILE", "FINAL_DIR", "study_url"]
@@ -84,14 +86,14 @@ class TrialRecord:
         return None
 
     def checkpoints(self) -> list[Path]:
-        return sorted(self.path.glob("checkpoint_*/state.pt"))
+        return checkpoint_files(self.path)
 
     def best_checkpoint(self, metric: str = "val_robust_acc", mode: str = "max") -> Path | None:
         """The kept checkpoint whose epoch scored best on metric."""
         by_iter = {r.get("training_iteration"): r for r in self._scored(metric)}
         scored = []
         for ckpt in self.checkpoints():
-            row = by_iter.get(int(ckpt.parent.name.split("_")[-1]) + 1)
+            row = by_iter.get(checkpoint_epoch(ckpt))
             if row is not None:
                 scored.append((row[metric], ckpt))
         if not scored:
@@ -178,45 +180,6 @@ class Experiment:
         return sorted(done, key=lambda t: sign * t.best(self.metric, self.mode)[self.metric])
 
 
-def _statuses(path: Path) -> dict[str, tuple[str, str | None]]:
-    """trial_id -> (status, error) from Ray Tune's newest experiment state file."""
-    states = sorted(path.glob("experiment_state-*.json"))
-    if not states:
-        return {}
-    try:
-        data = json.loads(states[-1].read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    out = {}
-    for entry in data.get("trial_data", []):
-        try:
-            info = json.loads(entry[0]) if isinstance(entry, list) else entry
-        except (TypeError, json.JSONDecodeError):
-            continue
-        if isinstance(info, dict) and "trial_id" in info:
-            out[info["trial_id"]] = (info.get("status", "UNKNOWN"), None)
-    return out
-
-
-def _read_history(result_file: Path) -> list[dict[str, Any]]:
-    """One row per epoch. A trial restored from an older checkpoint (a retry, or a resume after
-    the driver was killed) reports epochs again: a repeated iteration starts the history anew
-    from there, dropping the abandoned rows."""
-    rows: list[dict[str, Any]] = []
-    if result_file.is_file():
-        for line in result_file.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line still being written
-            iteration = row.get("training_iteration")
-            while iteration is not None and rows and \
-                    rows[-1].get("training_iteration", 0) >= iteration:
-                rows.pop()
-            rows.append(row)
-    return rows
-
-
 def read_meta(path: str | Path) -> dict[str, Any]:
     """The experiment's clustune.json (its resolved search config and study)."""
     meta_file = Path(path) / META_FILE
@@ -240,15 +203,6 @@ def load_experiment(path: str | Path) -> Experiment:
 
         return load_export(path)
     meta = read_meta(path)
-    statuses = _statuses(path)
-    trials = []
-    for params_file in sorted(path.glob("*/params.json")):
-        folder = params_file.parent
-        history = _read_history(folder / "result.json")
-        trial_id = history[0]["trial_id"] if history else folder.name.split("_")[1]
-        status, error = statuses.get(trial_id, ("UNKNOWN", None))
-        if (folder / "error.txt").is_file():
-            error = (folder / "error.txt").read_text().strip().splitlines()[-1][:300]
-        trials.append(TrialRecord(trial_id, folder, status,
-                                  json.loads(params_file.read_text()), history, error))
+    trials = [TrialRecord(t.trial_id, t.folder, t.status, t.params, t.history, t.error)
+              for t in read_tune_trials(path)]
     return Experiment(path, meta, trials)

@@ -20,6 +20,7 @@ import torch
 from filelock import FileLock
 from ray import tune
 
+from analysis import TRIAL_STATE_FILE
 from trainable import (
     TrainConfig,
     Trainer,
@@ -31,7 +32,6 @@ from trainable import (
 
 __all__ = ["ClusteringTrainable", "InjectedFault", "shared_warm_start"]
 
-STATE_FILE = "state.pt"
 
 
 class InjectedFault(RuntimeError):
@@ -119,10 +119,10 @@ class ClusteringTrainable(tune.Trainable):
         return True
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
-        self.trainer.save(Path(checkpoint_dir) / STATE_FILE)
+        self.trainer.save(Path(checkpoint_dir) / TRIAL_STATE_FILE)
 
     def load_checkpoint(self, checkpoint: str | dict | None) -> None:
-        state = load_checkpoint(Path(checkpoint) / STATE_FILE, self.trainer.device)
+        state = load_checkpoint(Path(checkpoint) / TRIAL_STATE_FILE, self.trainer.device)
         self.trainer.load_state_dict(state)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
