@@ -112,7 +112,9 @@ class Experiment:
     meta: dict[str, Any]
     trials: list[TrialRecord]
     configs: dict[str, dict[str, Any]] | None = None  # trial id -> config (read from an export)
-    finals: list[dict[str, Any]] | None = None  # the final stage's results (read from an export)
+    # the final stage's results: given by an export, else read from final/ once (the ranking,
+    # every table and the report ask for them many times per command)
+    finals: list[dict[str, Any]] | None = None
     skipped: set[str] = field(default_factory=set)  # files read around, each said once
 
     @property
@@ -145,7 +147,8 @@ class Experiment:
                               trial.params)
 
     def final_results(self) -> list[dict[str, Any]]:
-        """The final stage's AutoAttack results (final/<trial_id>-<head>.json); [] before it."""
+        """The final stage's AutoAttack results (final/<trial_id>-<head>.json), read on the first
+        call; [] before the final stage."""
         if self.finals is not None:
             return self.finals
         results = []
@@ -163,6 +166,7 @@ class Experiment:
             result.setdefault("trial_id", trial_id)
             result.setdefault("head", head)
             results.append(result)
+        self.finals = results
         return results
 
     def _skip(self, file: Path, why: str) -> None:
