@@ -21,11 +21,13 @@ from ._results import (
     FINAL_DIR,
     META_FILE,
     STUDY_FILE,
+    WARM_START_DIR,
     Experiment,
     ExperimentError,
     TrialRecord,
     load_experiment,
     read_meta,
+    study_file,
     study_url,
 )
 from ._tune_layout import TRIAL_STATE_FILE
@@ -34,8 +36,8 @@ __all__ = [
     "CONFIRM_DIR", "Confirmation", "EPOCHS_SCHEMA", "Experiment", "ExperimentError", "FINAL_DIR",
     "FLAG_LEGEND", "Flag", "META_FILE", "RankedTrial", "ResultError", "RobustnessResult",
     "SCHEMA_VERSION", "SEED_MARK", "STUDY_FILE", "TRIALS_SCHEMA", "TRIAL_STATE_FILE",
-    "TrialRecord", "best_configs", "evaluate_checkpoint", "evaluate_robustness",
+    "TrialRecord", "WARM_START_DIR", "best_configs", "evaluate_checkpoint", "evaluate_robustness",
     "export_experiment", "flags_of", "load_confirmations", "load_experiment", "load_result",
-    "pareto_front", "rank_trials", "read_meta", "save_result", "study_url", "worst_case",
-    "write_report",
+    "pareto_front", "rank_trials", "read_meta", "save_result", "study_file", "study_url",
+    "worst_case", "write_report",
 ]

@@ -75,12 +75,13 @@ from trainable import (
     Classifier,
     ClusterHead,
     ClustuneError,
-    atomic_write_text,
+    StoragePath,
     embedding_margin_loss,
     frozen,
     load_classifier,
     load_dataset,
     pgd_linf,
+    storage_path,
 )
 
 __all__ = ["RobustnessResult", "ResultError", "SCHEMA_VERSION", "evaluate_checkpoint",
@@ -153,22 +154,23 @@ class RobustnessResult:
         return cls(**data)
 
 
-def save_result(result: RobustnessResult, path: str | Path) -> Path:
-    """Write the result atomically, so a reader never sees half a file."""
-    path = Path(path)
-    atomic_write_text(path, result.to_json() + "\n")
-    return path
+def save_result(result: RobustnessResult, path: str | Path | StoragePath) -> StoragePath:
+    """Write the result atomically (a local file or an object in cloud storage), so a reader
+    never sees half a file."""
+    where = storage_path(path)
+    where.atomic_write_text(result.to_json() + "\n")
+    return where
 
 
 class ResultError(ClustuneError, ValueError):
     """A file that is not a readable result of this schema."""
 
 
-def load_result(path: str | Path) -> RobustnessResult:
+def load_result(path: str | Path | StoragePath) -> RobustnessResult:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = storage_path(path).read_text()
     except OSError as err:
-        raise ResultError(f"cannot read {path}: {err.strerror}") from None
+        raise ResultError(f"cannot read {path}: {err.strerror or err}") from None
     except UnicodeDecodeError:
         raise ResultError(f"{path}: not a text file (a {SCHEMA_VERSION} result was expected)") \
             from None
@@ -408,7 +410,7 @@ def _fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clusters: _
 class _State:
     """Progress of one evaluation, saved atomically after every batch when a path is given."""
 
-    def __init__(self, path: Path | None, fingerprint: str) -> None:
+    def __init__(self, path: StoragePath | None, fingerprint: str) -> None:
         self.path = path
         self.data: dict[str, Any] = {"format": STATE_FORMAT, "fingerprint": fingerprint,
                                      "clean_correct": None, "stages": {}, "flags": [],
@@ -438,7 +440,7 @@ class _State:
         """Also counts the time spent, so an interrupted run's time is not lost."""
         self.data["elapsed_s"] = self._elapsed + time.perf_counter() - self._start
         if self.path is not None:
-            atomic_write_text(self.path, json.dumps(self.data))
+            self.path.atomic_write_text(json.dumps(self.data))
 
 
 # ------------------------------------------------------------------------------ the run
@@ -514,7 +516,8 @@ class _Evaluation:
 def evaluate_robustness(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
     version: str = "standard", attacks: list[str] | None = None, batch_size: int = 500,
-    seed: int = 0, device: str | torch.device = "cpu", state_path: str | Path | None = None,
+    seed: int = 0, device: str | torch.device = "cpu",
+    state_path: str | Path | StoragePath | None = None,
     n_iter: int | None = None, n_restarts: int | None = None,
     n_target_classes: int | None = None, n_queries: int | None = None,
     embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -558,7 +561,7 @@ def evaluate_robustness(
                                   "restarts": 1}
         run_settings = {"eps": eps, "norm": norm, "version": version, "attacks": ensemble,
                         "attack_settings": settings, "seed": seed, "batch_size": batch_size}
-        state = _State(Path(state_path) if state_path is not None else None,
+        state = _State(storage_path(state_path) if state_path is not None else None,
                        _fingerprint(model, x, y, info, run_settings))
         for message in state.data["flags"]:
             _add_flag(flags, message)
@@ -645,7 +648,8 @@ def _summarise(state: _State, ensemble: list[str], ce_separate: bool, adaptive: 
 def evaluate_checkpoint(path: str | Path, *, head: str | None = None, examples: int = 500,
                         split: str = "test", eps: float | None = None,
                         version: str = "standard", device: str | torch.device = "cpu",
-                        state_path: str | Path | None = None, progress: Progress | None = None,
+                        state_path: str | Path | StoragePath | None = None,
+                        progress: Progress | None = None,
                         **options: Any) -> RobustnessResult:
     """Evaluate a clustune checkpoint on the first ``examples`` images of its dataset's split.
 

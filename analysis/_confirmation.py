@@ -17,6 +17,8 @@ from typing import Any
 
 from scipy import stats
 
+from trainable import StoragePath, storage_path
+
 from ._ranking import flags_of, worst_case
 from ._results import META_FILE, load_experiment
 
@@ -60,10 +62,10 @@ class Confirmation:
                 f"interval {low:.3f}-{high:.3f}, {self.n_examples} test images each)")
 
 
-def load_confirmations(path: str | Path) -> list[Confirmation]:
+def load_confirmations(path: str | Path | StoragePath) -> list[Confirmation]:
     """The confirmations in EXPERIMENT/confirm ([] when there is none), in the order `confirm`
     listed them (the ranking's configurations, then the baselines)."""
-    folder = Path(path) / CONFIRM_DIR
+    folder = storage_path(path) / CONFIRM_DIR
     if not (folder / META_FILE).is_file():
         return []
     experiment = load_experiment(folder)

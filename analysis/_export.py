@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from trainable import atomic_write_bytes, atomic_write_text
+from trainable import StoragePath, storage_path
 
 from ._confirmation import Confirmation, load_confirmations
 from ._ranking import RankedTrial, rank_trials
@@ -99,10 +99,10 @@ def _metric(row: dict[str, Any], name: str) -> float | None:
     return float(v) if _number(v) else None
 
 
-def _parquet(table: pa.Table, path: Path) -> None:
+def _parquet(table: pa.Table, path: StoragePath) -> None:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    path.atomic_write_bytes(sink.getvalue().to_pybytes())
 
 
 def _metadata(experiment: Experiment) -> dict[str, str]:
@@ -172,10 +172,12 @@ def _epochs_table(experiment: Experiment) -> pa.Table:
     return pa.table(columns, schema=schema)
 
 
-def export_experiment(path: str | Path, out: str | Path | None = None) -> dict[str, Path]:
-    """Write trials.parquet and epochs.parquet to out (default: EXPERIMENT/export)."""
+def export_experiment(path: str | Path | StoragePath, out: str | Path | StoragePath | None = None
+                      ) -> dict[str, StoragePath]:
+    """Write trials.parquet and epochs.parquet to out (default: EXPERIMENT/export); either may
+    be a local folder or a location in cloud storage."""
     experiment = load_experiment(path)
-    out = Path(out) if out is not None else experiment.path / "export"
+    out = storage_path(out) if out is not None else experiment.path / "export"
     written = {"trials": out / "trials.parquet", "epochs": out / "epochs.parquet"}
     _parquet(_trials_table(experiment), written["trials"])
     _parquet(_epochs_table(experiment), written["epochs"])
@@ -200,13 +202,13 @@ def _finals_from(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str,
     return finals
 
 
-def load_export(path: str | Path) -> Experiment:
+def load_export(path: str | Path | StoragePath) -> Experiment:
     """An experiment read back from its Parquet export alone (trials.parquet, epochs.parquet):
     what `clustune report` needs to rebuild the tables from committed result files."""
-    path = Path(path)
+    path = storage_path(path)
     try:
-        trials = pq.read_table(path / "trials.parquet")
-        epochs = pq.read_table(path / "epochs.parquet")
+        trials = pq.read_table((path / "trials.parquet").path, filesystem=path.fs)
+        epochs = pq.read_table((path / "epochs.parquet").path, filesystem=path.fs)
     except (OSError, pa.ArrowException) as err:
         raise ExperimentError(f"{path} holds no readable clustune export ({err})") from None
     metadata = trials.schema.metadata or {}
@@ -246,7 +248,7 @@ def _header(experiment: Experiment, ranked: RankedTrial, position: int, top: int
              "# ranking: audited trials by worst-case robust accuracy over every attack and "
              "head, flagged ones after unflagged ones, then unaudited trials by "
              f"best {experiment.metric} ({experiment.mode}) on validation",
-             f"# experiment: {experiment.name} ({experiment.path.resolve()})",
+             f"# experiment: {experiment.name} ({experiment.path})",
              f"# trial: {trial.trial_id} ({trial.status}, {trial.epochs} epochs)  params: {params}",
              f"# best epoch {best.get('training_iteration')}: {scores}"]
     for r in finals:
@@ -261,8 +263,9 @@ def _header(experiment: Experiment, ranked: RankedTrial, position: int, top: int
     return "\n".join(lines) + "\n"
 
 
-def best_configs(path: str | Path, top: int = 3, out: str | Path | None = None,
-                 include_flagged: bool = False) -> list[Path]:
+def best_configs(path: str | Path | StoragePath, top: int = 3,
+                 out: str | Path | StoragePath | None = None, include_flagged: bool = False
+                 ) -> list[StoragePath]:
     """The top trials' resolved training configs as YAML (default folder: EXPERIMENT/best), in
     the order of :func:`rank_trials`; trials with a masking flag only with include_flagged.
 
@@ -270,7 +273,7 @@ def best_configs(path: str | Path, top: int = 3, out: str | Path | None = None,
     folder always holds the current ranking. Diverged trials are never exported.
     """
     experiment = load_experiment(path)
-    out = Path(out) if out is not None else experiment.path / "best"
+    out = storage_path(out) if out is not None else experiment.path / "best"
     chosen = [r for r in rank_trials(experiment)
               if not r.trial.diverged and (include_flagged or not r.flagged)][:top]
     for old in out.glob("*.yaml"):  # nothing when out does not exist yet
@@ -286,6 +289,6 @@ def best_configs(path: str | Path, top: int = 3, out: str | Path | None = None,
         file = out / f"{position:02d}-{ranked.trial.trial_id}.yaml"
         header = _header(experiment, ranked, position, len(chosen), finals,
                          confirmed.get(ranked.trial.trial_id))
-        atomic_write_text(file, header + body)
+        file.atomic_write_text(header + body)
         written.append(file)
     return written

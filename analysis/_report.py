@@ -23,7 +23,7 @@ from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from trainable import TrainConfig, atomic_write_text
+from trainable import StoragePath, TrainConfig, storage_path
 
 from ._confirmation import load_confirmations
 from ._ranking import FLAG_LEGEND, RankedTrial, flags_of, rank_trials
@@ -408,13 +408,14 @@ def _html(experiment: Experiment, finals: list[dict[str, Any]]) -> str:
             f"<body><h1>{_esc(title)}</h1>{body}</body></html>")
 
 
-def write_report(path: str | Path, out: str | Path | None = None) -> Path:
+def write_report(path: str | Path | StoragePath, out: str | Path | StoragePath | None = None
+                 ) -> StoragePath:
     """Write the experiment's report to out (default: EXPERIMENT/report.html): one offline HTML
     file with figures, or, when out ends in .md, its tables as Markdown. path may be an
     experiment folder or a folder `clustune export` wrote."""
     experiment = load_experiment(path)
-    out = Path(out) if out is not None else experiment.path / "report.html"
+    out = storage_path(out) if out is not None else experiment.path / "report.html"
     finals = experiment.final_results()
     render = _markdown if out.suffix.lower() == ".md" else _html
-    atomic_write_text(out, render(experiment, finals))
+    out.atomic_write_text(render(experiment, finals))
     return out

@@ -6,19 +6,29 @@ one module a Ray upgrade touches). Works on a finished search and on one still r
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import json
 import logging
 import math
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainable import ClustuneError, TrainConfig, resolve_trial_config
+from trainable import (
+    ClustuneError,
+    StoragePath,
+    TrainConfig,
+    resolve_trial_config,
+    storage_path,
+)
 
 from ._tune_layout import checkpoint_epoch, checkpoint_files, read_tune_trials
 
 __all__ = ["TrialRecord", "Experiment", "load_experiment", "read_meta", "ExperimentError",
-           "META_FILE", "STUDY_FILE", "FINAL_DIR", "study_url"]
+           "META_FILE", "STUDY_FILE", "FINAL_DIR", "WARM_START_DIR", "study_file", "study_url"]
 
 # The experiment folder's own files, named here only (search writes them, analysis reads them);
 # the rest of the folder is Ray Tune's layout: TRIAL/params.json, TRIAL/result.json,
@@ -26,11 +36,31 @@ __all__ = ["TrialRecord", "Experiment", "load_experiment", "read_meta", "Experim
 META_FILE = "clustune.json"  # the resolved search config, the study's name
 STUDY_FILE = "optuna.db"  # the Optuna study (sqlite)
 FINAL_DIR = "final"  # the final stage: final/TRIAL-HEAD.json, in analysis's result schema
+WARM_START_DIR = "warm_start"  # the shared CE warm starts: warm_start/KEY.pt
 
 
-def study_url(experiment_dir: str | Path) -> str:
-    """The Optuna storage URL of the experiment's own study file."""
-    return f"sqlite:///{(Path(experiment_dir) / STUDY_FILE).resolve()}"
+def study_file(experiment: str | Path | StoragePath) -> Path:
+    """Where the search's driver keeps the Optuna study (sqlite needs a local file): in the
+    experiment folder, or for one in a bucket, in a fixed place in the temporary folder (the
+    study is copied to the bucket as the search runs; a resume on any machine copies it back
+    to the same place, where Ray Tune's saved searcher expects it)."""
+    where = storage_path(experiment)
+    if where.is_local:
+        return where.local.resolve() / STUDY_FILE
+    digest = hashlib.sha1(where.uri.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "clustune-studies" / digest / STUDY_FILE
+
+
+def study_url(experiment: str | Path | StoragePath) -> str:
+    """The Optuna storage URL of the study the search's driver writes."""
+    return f"sqlite:///{study_file(experiment)}"
+
+
+def _scratch_folder() -> Path:
+    """A temporary folder removed when the command ends (a bucket's study, read locally)."""
+    folder = Path(tempfile.mkdtemp(prefix="clustune-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 class ExperimentError(ClustuneError, ValueError):
@@ -44,7 +74,7 @@ FINAL_FIELDS = ("clean_acc", "autoattack_acc", "ce_only_acc", "n_examples", "per
 @dataclass
 class TrialRecord:
     trial_id: str
-    path: Path
+    path: StoragePath
     status: str  # PENDING, RUNNING, TERMINATED, ERROR; UNKNOWN: not in Ray's saved search state
     params: dict[str, Any]  # the searched knobs (dotted names) or {"point": name}
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch
@@ -85,10 +115,11 @@ class TrialRecord:
             return f"{'failed' if self.status == 'ERROR' else 'retried after'}: {self.error}"
         return None
 
-    def checkpoints(self) -> list[Path]:
+    def checkpoints(self) -> list[StoragePath]:
         return checkpoint_files(self.path)
 
-    def best_checkpoint(self, metric: str = "val_robust_acc", mode: str = "max") -> Path | None:
+    def best_checkpoint(self, metric: str = "val_robust_acc", mode: str = "max"
+                        ) -> StoragePath | None:
         """The kept checkpoint whose epoch scored best on metric."""
         by_iter = {r.get("training_iteration"): r for r in self._scored(metric)}
         scored = []
@@ -108,7 +139,7 @@ def _finite(v: Any) -> bool:
 
 @dataclass
 class Experiment:
-    path: Path
+    path: StoragePath
     meta: dict[str, Any]
     trials: list[TrialRecord]
     configs: dict[str, dict[str, Any]] | None = None  # trial id -> config (read from an export)
@@ -136,9 +167,21 @@ class Experiment:
 
     @property
     def study_storage(self) -> str | None:
-        """The folder's own optuna.db (so a copied or moved experiment reads its own study,
-        not the absolute path recorded in clustune.json); None before the study exists."""
-        return study_url(self.path) if (self.path / STUDY_FILE).is_file() else None
+        """The experiment's own optuna.db (so a copied or moved experiment reads its own study,
+        not the path recorded in clustune.json; one in a bucket is read from a local copy), or
+        the RDB URL of a shared study (``search.study_storage``); None before the study
+        exists."""
+        shared = self.meta["config"].get("search", {}).get("study_storage")
+        if shared:
+            return shared  # an RDB server the search was pointed at
+        stored = self.path / STUDY_FILE
+        if not stored.is_file():
+            return None
+        if stored.is_local:
+            return f"sqlite:///{stored.local}"
+        copy = _scratch_folder() / STUDY_FILE
+        stored.download(copy)
+        return f"sqlite:///{copy}"
 
     def trial_config(self, trial: TrialRecord) -> TrainConfig:
         if self.configs is not None:
@@ -152,9 +195,9 @@ class Experiment:
         if self.finals is not None:
             return self.finals
         results = []
-        for file in sorted((self.path / FINAL_DIR).glob("*-*.json")):
+        for file in (self.path / FINAL_DIR).glob("*-*.json"):
             try:  # written atomically: a file that does not parse is damaged, not half-written
-                result = json.loads(file.read_text(encoding="utf-8"))
+                result = json.loads(file.read_text())
                 problem = None if isinstance(result, dict) and all(
                     k in result for k in FINAL_FIELDS) else "not a final-stage result"
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -169,7 +212,7 @@ class Experiment:
         self.finals = results
         return results
 
-    def _skip(self, file: Path, why: str) -> None:
+    def _skip(self, file: StoragePath, why: str) -> None:
         message = f"skipped {file}: {why}"
         if message not in self.skipped:
             self.skipped.add(message)
@@ -184,9 +227,9 @@ class Experiment:
         return sorted(done, key=lambda t: sign * t.best(self.metric, self.mode)[self.metric])
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
+def read_meta(path: str | Path | StoragePath) -> dict[str, Any]:
     """The experiment's clustune.json (its resolved search config and study)."""
-    meta_file = Path(path) / META_FILE
+    meta_file = storage_path(path) / META_FILE
     if not meta_file.is_file():
         raise ExperimentError(f"{path} is not a clustune experiment (no {META_FILE})")
     try:
@@ -198,10 +241,11 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Every trial of the experiment in path, with its per-epoch history and status; path may
-    also be a folder `clustune export` wrote (trials.parquet and epochs.parquet)."""
-    path = Path(path)
+def load_experiment(path: str | Path | StoragePath) -> Experiment:
+    """Every trial of the experiment at path (a folder, or a location in cloud storage), with
+    its per-epoch history and status; path may also be a folder `clustune export` wrote
+    (trials.parquet and epochs.parquet)."""
+    path = storage_path(path)
     if not (path / META_FILE).is_file() and (path / "trials.parquet").is_file():
         from ._export import load_export  # the export module builds on this one
 

@@ -213,10 +213,14 @@ def _search_config(train: dict[str, Any], search: dict[str, Any], space=None, po
 def _fit(cfg, folder: Path, name: str, callbacks=None):
     """Run a search in folder/name through a fresh Tuner; returns (experiment, seconds)."""
     from analysis import load_experiment
-    from search import build_tuner
+    from search import build_tuner, prepare_warm_starts
+    from trainable import storage_path
 
     start = time.perf_counter()
-    build_tuner(cfg, folder / name, name, callbacks=callbacks).fit()
+    experiment = storage_path(folder / name)
+    tuner = build_tuner(cfg, experiment, callbacks=callbacks)
+    prepare_warm_starts(cfg, experiment)
+    tuner.fit()
     return load_experiment(folder / name), time.perf_counter() - start
 
 

@@ -47,7 +47,8 @@ def _cmd_best(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     path = _run(lambda: write_report(args.dir, args.out))
     print(path)
-    console.print(f"open it offline: file://{path.resolve()}", markup=False)
+    if path.is_local:
+        console.print(f"open it offline: file://{path.local}", markup=False)
     return 0
 
 
@@ -60,7 +61,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         raise UsageError(f"{experiment.path} has no optuna.db yet; start the search first")
     console.print(f"Optuna dashboard:  http://{args.host}:{args.port}/dashboard  "
                   f"(study {experiment.meta['study_name']}; Ctrl-C stops it)\n"
-                  f"TensorBoard:       tensorboard --logdir {experiment.path}\n"
+                  f"TensorBoard:       tensorboard --logdir {experiment.path.uri}\n"
                   "Ray dashboard:     while a search runs, after pip install "
                   "'clustune[dashboard]'", markup=False)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -93,7 +94,8 @@ def add_analysis_commands(sub) -> None:
                        description="Write trials.parquet (one row per trial) and epochs.parquet "
                        "(one row per trial and epoch) for a running or finished search; the "
                        "columns are documented in docs/exports.md.")
-    p.add_argument("dir", help="the experiment folder, or a folder `clustune export` wrote")
+    p.add_argument("dir", help="the experiment (a folder or a cloud-storage URI), or a folder "
+                   "`clustune export` wrote")
     p.add_argument("--out", metavar="DIR", help="output folder (default: DIR/export)")
     p.set_defaults(func=_cmd_export)
 
@@ -104,7 +106,8 @@ def add_analysis_commands(sub) -> None:
                        "trials by worst-case robust accuracy, then unaudited ones by the "
                        "validation proxy; trials with a masking flag are left out unless "
                        "--include-flagged.")
-    p.add_argument("dir", help="the experiment folder, or a folder `clustune export` wrote")
+    p.add_argument("dir", help="the experiment (a folder or a cloud-storage URI), or a folder "
+                   "`clustune export` wrote")
     p.add_argument("--top", type=_positive, default=3, metavar="N",
                    help="how many trials (default: 3)")
     p.add_argument("--out", metavar="FOLDER", help="output folder (default: DIR/best); "
@@ -119,7 +122,8 @@ def add_analysis_commands(sub) -> None:
                        "Pareto front, parameter importances, learning curves, AutoAttack "
                        "results with masking flags and a paper-style results table. With "
                        "--out FILE.md, the tables alone as Markdown.")
-    p.add_argument("dir", help="the experiment folder, or a folder `clustune export` wrote")
+    p.add_argument("dir", help="the experiment (a folder or a cloud-storage URI), or a folder "
+                   "`clustune export` wrote")
     p.add_argument("--out", metavar="FILE", help="output file, .html or .md (default: "
                    "DIR/report.html)")
     p.set_defaults(func=_cmd_report)
@@ -128,7 +132,7 @@ def add_analysis_commands(sub) -> None:
                        description="Serve optuna-dashboard on the experiment's Optuna study "
                        "until Ctrl-C. It binds 127.0.0.1 by default; reach a remote machine "
                        "through an SSH tunnel rather than binding a public address.")
-    p.add_argument("dir", help="the experiment folder")
+    p.add_argument("dir", help="the experiment: its folder, or its URI in cloud storage")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8080, help="port (default: 8080)")
     p.set_defaults(func=_cmd_dashboard)

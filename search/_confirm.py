@@ -24,6 +24,7 @@ from analysis import (
     load_experiment,
     rank_trials,
 )
+from trainable import StoragePath
 
 from ._console import UsageError, console
 from ._search_cmd import resume_search, run_search
@@ -55,14 +56,14 @@ def _points(experiment, top: int, seeds: int, baselines: list[str]) -> dict[str,
     return points
 
 
-def run_confirm(experiment_dir: Path, top: int = 1, seeds: int = 3,
+def run_confirm(experiment_dir: str | Path | StoragePath, top: int = 1, seeds: int = 3,
                 baselines: list[str] | None = None, examples: int = 500,
                 address: str | None = None) -> list[Confirmation]:
     """Retrain, audit and summarise (module docstring); continues an unfinished run."""
     experiment = load_experiment(experiment_dir)
-    folder = experiment.path.resolve() / CONFIRM_DIR
+    folder = experiment.path / CONFIRM_DIR
     if (folder / META_FILE).is_file():
-        console.print(f"continuing the confirmation in {folder}")
+        console.print(f"continuing the confirmation in {folder}", markup=False)
         resume_search(folder, address)
     else:
         if seeds < 2:
@@ -101,7 +102,7 @@ def confirmation_table(found: list[Confirmation], name: str) -> Table:
 def _cmd_confirm(args: argparse.Namespace) -> int:
     if args.top < 1 or args.examples < 1:
         raise UsageError("--top and --examples must be at least 1")
-    run_confirm(Path(args.dir), args.top, args.seeds, args.baseline or [], args.examples,
+    run_confirm(args.dir, args.top, args.seeds, args.baseline or [], args.examples,
                 args.address)
     return 0
 
@@ -112,7 +113,7 @@ def add_confirm_command(sub) -> None:
                        "baselines) with new seeds as Ray trials, audit each with the final "
                        "stage, and report the mean, standard deviation and 95 %% interval per "
                        "configuration. Results go to DIR/confirm; running it again continues.")
-    p.add_argument("dir", help="the experiment folder")
+    p.add_argument("dir", help="the experiment: its folder, or its URI in cloud storage")
     p.add_argument("--top", type=int, default=1, help="configurations to confirm (default 1)")
     p.add_argument("--seeds", type=int, default=3, help="new seeds per configuration "
                    "(default 3, at least 2)")

@@ -22,7 +22,7 @@ from analysis import (
     pareto_front,
     rank_trials,
 )
-from trainable import TrainConfig
+from trainable import StoragePath, TrainConfig, storage_path
 
 from ._console import UsageError, console, progress_bar
 
@@ -61,7 +61,7 @@ def _heads_for(cfg: TrainConfig, heads: list[str] | None) -> list[str]:
     return heads or [cfg.clusters.head]
 
 
-def _already_done(result: Path, examples: int, version: str) -> bool:
+def _already_done(result: StoragePath, examples: int, version: str) -> bool:
     """A finished evaluation of the same version on at least as many images is kept (the
     larger one is the better estimate); a smaller one or another version is re-run."""
     if not result.is_file():
@@ -94,18 +94,20 @@ def _evaluate(checkpoint: str, head: str, examples: int, version: str, result_pa
 
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
+    name = storage_path(result_path).stem
+
     def progress(stage: str, done: int, total: int) -> None:
-        board.post.remote(Path(result_path).stem, stage, done, total)
+        board.post.remote(name, stage, done, total)
 
     result = evaluate_checkpoint(checkpoint, head=None if head == "linear" else head,
                                  examples=examples, version=version, device=device,
                                  state_path=state_path, progress=progress)
     save_result(result, result_path)
-    Path(state_path).unlink(missing_ok=True)
+    storage_path(state_path).unlink(missing_ok=True)
     return result_path
 
 
-def run_final_stage(experiment_dir: Path, top_k: int, examples: int,
+def run_final_stage(experiment_dir: str | Path | StoragePath, top_k: int, examples: int,
                     trial_ids: list[str] | None = None, heads: list[str] | None = None,
                     version: str = "standard", gpus_per_task: float = 0) -> Experiment:
     """Evaluate the selected trials (skipping finished evaluations) and print the table."""
@@ -114,8 +116,7 @@ def run_final_stage(experiment_dir: Path, top_k: int, examples: int,
     if not chosen:
         raise UsageError(f"no trial of {experiment_dir} has a scored epoch to evaluate "
                          "(none finished one, or all diverged)")
-    out = Path(experiment_dir) / FINAL_DIR
-    out.mkdir(exist_ok=True)
+    out = experiment.path / FINAL_DIR
     board = ProgressBoard.remote()
     pending = []
     for trial in chosen:
@@ -129,13 +130,13 @@ def run_final_stage(experiment_dir: Path, top_k: int, examples: int,
                 continue
             state = out / f"{trial.trial_id}-{head}-{version}-{examples}.state"
             pending.append(_evaluate.options(num_cpus=1, num_gpus=gpus_per_task).remote(
-                str(ckpt), head, examples, version, str(result), str(state), board))
+                ckpt.uri, head, examples, version, result.uri, state.uri, board))
     if pending:
         console.print(f"final stage: AutoAttack ({version}) on {examples} test images for "
-                      f"{len(pending)} evaluation(s) -> {out}")
+                      f"{len(pending)} evaluation(s) -> {out}", markup=False)
     _wait_with_progress(pending, board)
     ray.kill(board)
-    experiment = load_experiment(experiment_dir)
+    experiment = load_experiment(experiment.path)
     console.print(final_table(experiment))
     return experiment
 
@@ -147,7 +148,7 @@ def _wait_with_progress(pending: list, board: ray.actor.ActorHandle) -> None:
     with progress_bar() as show:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
-            finished = {Path(ray.get(ref)).stem for ref in ready}
+            finished = {storage_path(ray.get(ref)).stem for ref in ready}
             for name, (stage, count, size) in ray.get(board.read.remote()).items():
                 if (name, stage) in said:
                     continue

@@ -5,17 +5,38 @@ COMPLETE with its one-epoch score, so TPE mixes partial-budget scores with final
 trial that ran its whole budget is COMPLETE with its final value, and one the scheduler stopped
 is PRUNED at the epoch it reached (TPE ranks pruned trials by how far they got, then by their
 last value); both keep their per-epoch values as Optuna intermediate values, which
-optuna-dashboard draws as learning curves.
+optuna-dashboard draws as learning curves. The study of an experiment in cloud storage is
+copied there each time Tune saves the searcher, so the copy is never older than the searcher's
+saved state (a resume elsewhere finds every trial the searcher knows).
 """
 
 from __future__ import annotations
 
+import sqlite3
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-__all__ = ["FidelityOptunaSearch"]
+from analysis import STUDY_FILE, study_file
+from trainable import StoragePath, storage_path
+
+__all__ = ["FidelityOptunaSearch", "upload_study"]
+
+
+def upload_study(experiment: StoragePath) -> None:
+    """Copy the driver's Optuna study to the experiment in cloud storage (a consistent copy,
+    taken with sqlite's backup API while the search may be writing)."""
+    local = study_file(experiment)
+    if experiment.is_local or not local.is_file():
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        snapshot = Path(scratch) / STUDY_FILE
+        with sqlite3.connect(local) as source, sqlite3.connect(snapshot) as target:
+            source.backup(target)
+        (experiment / STUDY_FILE).upload(snapshot)
 
 
 class FidelityOptunaSearch(OptunaSearch):
@@ -23,7 +44,17 @@ class FidelityOptunaSearch(OptunaSearch):
 
     The Trainable reports ``trial_complete`` (True once its last epoch is done); Tune's own
     ``done`` is also set on a trial its scheduler stops, so it cannot tell the two apart.
+    ``study_copy``: the URI of an experiment in cloud storage to copy the study to.
     """
+
+    def __init__(self, *args: Any, study_copy: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.study_copy = study_copy
+
+    def save(self, checkpoint_path: str) -> None:
+        super().save(checkpoint_path)
+        if self.study_copy:
+            upload_study(storage_path(self.study_copy))
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from analysis import (
     FINAL_DIR,
+    WARM_START_DIR,
     Experiment,
     TrialRecord,
     load_confirmations,
@@ -19,61 +20,86 @@ from analysis import (
     rank_trials,
     read_meta,
 )
+from trainable import StoragePath, storage_path
 
 from ._console import UsageError, console
 from ._driver import graceful_interrupts
 from ._final import final_table, run_final_stage
+from ._optuna import upload_study
 from ._spaces import SearchConfig, SearchSettings, check_inputs, load_search_config
-from ._tuner import build_tuner, check_gpus, embedded, restore_tuner, start_ray
+from ._tuner import (
+    build_tuner,
+    check_gpus,
+    embedded,
+    prepare_warm_starts,
+    restore_tuner,
+    start_ray,
+)
 
 __all__ = ["add_search_commands", "run_search", "resume_search", "trial_table"]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
-def _watch_hints(experiment_dir: Path, dashboard: str | None) -> None:
-    meta = read_meta(experiment_dir)
-    console.print(f"experiment folder: {experiment_dir}")
+def _watch_hints(experiment: StoragePath, dashboard: str | None) -> None:
+    meta = read_meta(experiment)
+    console.print(f"experiment:        {experiment.uri}", markup=False)
     if dashboard:
         console.print(f"Ray dashboard:     {dashboard}")
-    console.print(f"TensorBoard:       tensorboard --logdir {experiment_dir}")
-    console.print(f"Optuna dashboard:  clustune dashboard {experiment_dir}  "
-                  f"(or optuna-dashboard {meta['study_storage']})")
-    console.print(f"trial table:       clustune status {experiment_dir}")
+    console.print(f"TensorBoard:       tensorboard --logdir {experiment.uri}", markup=False)
+    console.print(f"Optuna dashboard:  clustune dashboard {experiment.uri}  "
+                  f"(or optuna-dashboard {meta['study_storage']})", markup=False)
+    console.print(f"trial table:       clustune status {experiment.uri}", markup=False)
 
 
-def run_search(cfg: SearchConfig, experiment_dir: Path, address: str | None = None,
-               num_cpus: int | None = None, verbose: bool = False) -> Experiment:
-    """Launch a new search; returns the experiment as read back from its folder."""
-    experiment_dir = experiment_dir.resolve()
-    if experiment_dir.exists() and any(experiment_dir.iterdir()):
-        raise UsageError(f"{experiment_dir} already exists; continue it with `clustune resume "
-                         f"{experiment_dir}` or choose another --name")
+def run_search(cfg: SearchConfig, experiment: str | Path | StoragePath,
+               address: str | None = None, num_cpus: int | None = None,
+               verbose: bool = False) -> Experiment:
+    """Launch a new search in experiment (a folder, or a location in cloud storage); returns
+    the experiment as read back from there."""
+    experiment = storage_path(experiment).check()
+    if experiment.has_files():
+        raise UsageError(f"{experiment} already exists; continue it with `clustune resume "
+                         f"{experiment.uri}` or choose another --name")
     check_gpus(cfg.search.gpus_per_trial, address, "--gpus-per-trial")
     if embedded(address):
         check_inputs(cfg)
     dashboard = start_ray(address, num_cpus)
-    tuner = build_tuner(cfg, experiment_dir, experiment_dir.name, verbose=verbose)
-    _watch_hints(experiment_dir, dashboard)
-    return _fit(tuner, experiment_dir)
+    tuner = build_tuner(cfg, experiment, verbose=verbose)
+    _watch_hints(experiment, dashboard)
+    _warm_starts(cfg, experiment)
+    return _fit(tuner, experiment)
 
 
-def resume_search(experiment_dir: Path, address: str | None = None,
+def _warm_starts(cfg: SearchConfig, experiment: StoragePath) -> None:
+    start = time.perf_counter()
+    with console.status("training the CE warm start before the trials start"):
+        trained = prepare_warm_starts(cfg, experiment)
+    if trained:
+        console.print(f"CE warm start: {trained} trained in {time.perf_counter() - start:.0f} s "
+                      f"-> {experiment / WARM_START_DIR}", markup=False)
+
+
+def resume_search(experiment: str | Path | StoragePath, address: str | None = None,
                   num_cpus: int | None = None) -> Experiment:
-    experiment_dir = experiment_dir.resolve()
-    meta = read_meta(experiment_dir)
+    experiment = storage_path(experiment).check()
+    meta = read_meta(experiment)
     check_gpus(meta["config"]["search"].get("gpus_per_trial", 0), address,
                "the search's gpus_per_trial")
     start_ray(address, num_cpus)
-    tuner = restore_tuner(experiment_dir)
-    console.print(f"resuming {experiment_dir}")
-    return _fit(tuner, experiment_dir)
+    tuner = restore_tuner(experiment)
+    console.print(f"resuming {experiment}", markup=False)
+    _warm_starts(SearchConfig.model_validate(meta["config"]), experiment)
+    return _fit(tuner, experiment)
 
 
-def _fit(tuner, experiment_dir: Path) -> Experiment:
+def _fit(tuner, experiment_dir: StoragePath) -> Experiment:
     start = time.perf_counter()
-    with graceful_interrupts():
-        tuner.fit()
+    try:
+        with graceful_interrupts():
+            tuner.fit()
+    finally:
+        upload_study(experiment_dir)
     experiment = load_experiment(experiment_dir)
     wall = time.perf_counter() - start
     unfinished = [t for t in experiment.trials if t.status not in ("TERMINATED", "ERROR")]
@@ -81,7 +107,7 @@ def _fit(tuner, experiment_dir: Path) -> Experiment:
     console.print(trial_table(experiment, top=10))
     if unfinished or len(experiment.trials) < wanted:
         console.print(f"search stopped early after {wall:.0f} s: "
-                      f"continue it with `clustune resume {experiment_dir}`")
+                      f"continue it with `clustune resume {experiment_dir.uri}`", markup=False)
         return experiment
     console.print(f"search finished: {len(experiment.trials)} trials in {wall:.0f} s")
     s = SearchSettings.model_validate(experiment.meta["config"]["search"])
@@ -145,21 +171,21 @@ def _cmd_search(args: argparse.Namespace) -> int:
         f"-{time.strftime('%Y%m%d-%H%M%S')}"
     if not NAME_RE.match(name):
         raise UsageError(f"--name {name!r}: use letters, digits, '-', '_' or '.'")
-    run_search(cfg, Path(args.storage) / name, args.address, verbose=args.verbose)
+    run_search(cfg, storage_path(args.storage) / name, args.address, verbose=args.verbose)
     return 0
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    resume_search(Path(args.dir), args.address)
+    resume_search(args.dir, args.address)
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    experiment_dir = Path(args.dir).resolve()
+    experiment_dir = storage_path(args.dir)
     read_meta(experiment_dir)
     if args.top_k < 1 or args.examples < 1:
         raise UsageError("--top-k and --examples must be at least 1")
-    for result in sorted((experiment_dir / FINAL_DIR).glob("*.json")):
+    for result in (experiment_dir / FINAL_DIR).glob("*.json"):
         load_result(result)  # a damaged result is refused before Ray starts, not overwritten
     check_gpus(args.gpus_per_task, args.address, "--gpus-per-task")
     start_ray(args.address)
@@ -190,8 +216,9 @@ def add_search_commands(sub, add_config_args) -> None:
     add_config_args(p, "quick")
     p.add_argument("--name", help="experiment name (default: PRESET-TIME)")
     p.add_argument("--storage", default="experiments",
-                   help="folder holding experiments; shared storage on a cluster "
-                   "(default: ./experiments)")
+                   help="where experiments live: a folder, or cloud storage as a URI "
+                   "(s3://BUCKET/PREFIX, gs://BUCKET/PREFIX), which every node of a cluster "
+                   "reaches (default: ./experiments)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an "
                    "embedded Ray)")
     p.add_argument("--num-samples", type=int, help="number of trials")
@@ -208,7 +235,7 @@ def add_search_commands(sub, add_config_args) -> None:
     p = sub.add_parser("resume", help="continue an interrupted search",
                        description="Continue a search stopped by Ctrl-C or a killed driver; "
                        "finished trials are kept and not run again.")
-    p.add_argument("dir", help="the experiment folder")
+    p.add_argument("dir", help="the experiment: its folder, or its URI in cloud storage")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or embedded)")
     p.set_defaults(func=_cmd_resume)
 
@@ -216,7 +243,7 @@ def add_search_commands(sub, add_config_args) -> None:
                        description="The final stage on demand: the best trials' best "
                        "checkpoints on the test set under AutoAttack, with the gradient-masking "
                        "audit. Finished evaluations are kept; interrupted ones resume.")
-    p.add_argument("dir", help="the experiment folder")
+    p.add_argument("dir", help="the experiment: its folder, or its URI in cloud storage")
     p.add_argument("--top-k", type=int, default=2, help="best trials to evaluate (default 2)")
     p.add_argument("--trial", action="append", metavar="ID",
                    help="evaluate this trial: its id, or its point's name in a search over fixed "
@@ -231,6 +258,6 @@ def add_search_commands(sub, add_config_args) -> None:
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("status", help="print the trial table of a running or finished search")
-    p.add_argument("dir", help="the experiment folder")
+    p.add_argument("dir", help="the experiment: its folder, or its URI in cloud storage")
     p.set_defaults(func=_cmd_status)
 

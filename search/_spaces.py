@@ -74,6 +74,9 @@ class SearchSettings(ConfigSection):
     tpe_startup: int | None = Field(None, ge=1)  # random trials first; None: N/3 within 2-10
     final_top_k: int = Field(2, ge=0)  # trials re-evaluated with AutoAttack at the end (0: off)
     final_examples: int = Field(500, ge=1)  # test images per final evaluation
+    # an Optuna RDB URL (postgresql://..., mysql://...) for a study shared between users;
+    # None: the experiment's own optuna.db
+    study_storage: str | None = Field(None, pattern=r"^[a-z0-9+]+://")
 
     @property
     def multi_objective(self) -> bool:

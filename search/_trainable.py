@@ -3,7 +3,9 @@
 ``setup`` builds the Trainer from the trial's config, ``step`` runs one epoch and reports its
 metrics, checkpoints restore a trial exactly, and ``reset_config`` lets Tune reuse actors (the
 dataset stays loaded). The CE warm start is trained once per (data, model, seed) and shared
-through a file in the experiment folder.
+through the experiment's storage (EXPERIMENT/warm_start/KEY.pt, a folder or a bucket): the
+search's driver trains the ones it can foresee before the first trial starts
+(:func:`train_warm_starts`), and a trial that finds none for its key trains it and stores it.
 """
 
 from __future__ import annotations
@@ -11,34 +13,37 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import ray
 import torch
-from filelock import FileLock
 from ray import tune
 
-from analysis import TRIAL_STATE_FILE
+from analysis import TRIAL_STATE_FILE, WARM_START_DIR
 from trainable import (
+    StoragePath,
     TrainConfig,
     Trainer,
     TrainingDiverged,
+    atomic_write_bytes,
     build_config,
     load_checkpoint,
     resolve_trial_config,
+    storage_path,
 )
 
-__all__ = ["ClusteringTrainable", "InjectedFault", "shared_warm_start"]
-
+__all__ = ["ClusteringTrainable", "InjectedFault", "shared_warm_start", "warm_start_key",
+           "train_warm_starts"]
 
 
 class InjectedFault(RuntimeError):
     """Raised once by ``fail_at_epoch`` to test retries."""
 
 
-def _warm_start_key(cfg: TrainConfig) -> str:
+def warm_start_key(cfg: TrainConfig) -> str:
+    """What identifies a CE warm start: everything it depends on, hashed."""
     ident = {"data": cfg.data.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
              "fast": cfg.fast.model_dump(mode="json"), "threads": cfg.threads,
              "seed": cfg.seed, "ce_epochs": cfg.warm_start.ce_epochs, "lr": cfg.warm_start.lr,
@@ -47,25 +52,62 @@ def _warm_start_key(cfg: TrainConfig) -> str:
     return f"{cfg.data.dataset}-{cfg.model.arch}-seed{cfg.seed}-{digest}"
 
 
-def shared_warm_start(cfg: TrainConfig, folder: Path, device: str | None = None) -> TrainConfig:
-    """Point cfg at a shared CE warm-start checkpoint, training it first if no trial has.
+def _store_warm_start(cfg: TrainConfig, stored: StoragePath, device: str | None) -> None:
+    """Train cfg's CE warm start and write it to stored (atomically: a reader sees all of it
+    or none)."""
+    ce = cfg.model_copy(deep=True)
+    ce.objective.variant = "ce"
+    trainer = Trainer(ce, device=device)
+    trainer.warm_start()
+    with tempfile.TemporaryDirectory() as scratch:
+        local = Path(scratch) / "warm.pt"
+        trainer.save(local)
+        stored.upload(local)
 
-    A file lock makes concurrent trials wait for the one that trains it.
-    """
+
+def shared_warm_start(cfg: TrainConfig, storage: StoragePath, device: str | None = None
+                      ) -> TrainConfig:
+    """Point cfg at the shared CE warm start for its key in storage, training and storing it
+    first if nobody has (the same key always trains the same weights, so two trials that
+    race to store one store the same file). One in a bucket is copied to this node once."""
     if not cfg.warm_start.ce_epochs:
         return cfg
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{_warm_start_key(cfg)}.pt"
-    with FileLock(folder / f"{path.stem}.lock"):
-        if not path.exists():
-            ce = cfg.model_copy(deep=True)
-            ce.objective.variant = "ce"
-            trainer = Trainer(ce, device=device)
-            trainer.warm_start()
-            trainer.save(path)
+    stored = storage / f"{warm_start_key(cfg)}.pt"
+    if not stored.is_file():
+        _store_warm_start(cfg, stored, device)
+    if stored.is_local:
+        local = stored.local
+    else:
+        node_cache = Path(tempfile.gettempdir()) / "clustune-warm-start"
+        local = node_cache / hashlib.sha1(stored.uri.encode()).hexdigest()[:16] / stored.name
+        if not local.is_file():
+            atomic_write_bytes(local, stored.read_bytes())
     data = cfg.model_dump(mode="json")
-    data["warm_start"].update(ce_epochs=0, checkpoint=str(path))
+    data["warm_start"].update(ce_epochs=0, checkpoint=str(local))
     return build_config(data)
+
+
+@ray.remote
+def _warm_start_task(config: dict[str, Any], stored_uri: str) -> str:
+    device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+    _store_warm_start(build_config(config), storage_path(stored_uri), device)
+    return stored_uri
+
+
+def train_warm_starts(configs: list[TrainConfig], experiment: StoragePath, cpus: float,
+                      gpus: float) -> int:
+    """Train the missing warm starts of these trial configs as Ray tasks with a trial's
+    resources, before any trial holds them; returns how many were trained."""
+    storage = experiment / WARM_START_DIR
+    missing: dict[str, TrainConfig] = {}
+    for cfg in configs:
+        if cfg.warm_start.ce_epochs:
+            missing.setdefault(warm_start_key(cfg), cfg)
+    tasks = [_warm_start_task.options(num_cpus=cpus, num_gpus=gpus).remote(
+        cfg.model_dump(mode="json"), (storage / f"{key}.pt").uri)
+        for key, cfg in missing.items() if not (storage / f"{key}.pt").is_file()]
+    ray.get(tasks)
+    return len(tasks)
 
 
 class ClusteringTrainable(tune.Trainable):
@@ -73,9 +115,9 @@ class ClusteringTrainable(tune.Trainable):
 
     def setup(self, config: dict[str, Any], base: dict[str, Any] | None = None,
               points: dict[str, dict[str, Any]] | None = None,
-              experiment_dir: str | None = None, share_warm_start: bool = True) -> None:
+              experiment: str | None = None, share_warm_start: bool = True) -> None:
         self.base, self.points = base or {}, points or {}
-        self.experiment_dir = Path(experiment_dir) if experiment_dir else None
+        self.experiment = storage_path(experiment) if experiment else None
         self.share_warm_start = share_warm_start
         # a line per checkpoint from Ray's workers drowns the live view; the folder has them
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
@@ -84,8 +126,8 @@ class ClusteringTrainable(tune.Trainable):
     def _build(self, config: dict[str, Any]) -> None:
         cfg = resolve_trial_config(self.base, self.points, config)
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-        if self.experiment_dir is not None and self.share_warm_start:
-            cfg = shared_warm_start(cfg, self.experiment_dir / "warm_start", device)
+        if self.experiment is not None and self.share_warm_start:
+            cfg = shared_warm_start(cfg, self.experiment / WARM_START_DIR, device)
         self.cfg = cfg
         self.trainer = Trainer(cfg, device=device)
         self.trainer.warm_start()
@@ -106,16 +148,14 @@ class ClusteringTrainable(tune.Trainable):
         return metrics
 
     def _first_time(self, tag: str) -> bool:
-        """True once per trial and tag, across retries (a marker in the experiment folder)."""
-        if self.experiment_dir is None:
+        """True once per trial and tag, across retries (a marker in the experiment's storage;
+        one trial runs at a time, so checking then writing cannot race)."""
+        if self.experiment is None:
             return True
-        marker = self.experiment_dir / "faults" / f"{self.trial_id}-{tag}"
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL)
-        except FileExistsError:
+        marker = self.experiment / "faults" / f"{self.trial_id}-{tag}"
+        if marker.exists():
             return False
-        os.close(fd)
+        marker.atomic_write_text("")
         return True
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:

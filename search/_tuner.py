@@ -1,5 +1,7 @@
 """Assembling and launching a search: Ray (embedded or a cluster), OptunaSearch, the scheduler,
-and the Tuner; resuming an interrupted one."""
+and the Tuner; resuming an interrupted one. The experiment lives in a local folder or in cloud
+storage (Ray Tune writes its own files and the checkpoints there; the Optuna study is copied
+there as the search runs)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import json
 import os
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -18,18 +19,26 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from analysis import META_FILE, read_meta, study_url
-from trainable import atomic_write_text
+from analysis import META_FILE, STUDY_FILE, read_meta, study_file, study_url
+from trainable import StoragePath, resolve_trial_config
 
 from ._console import UsageError
 from ._driver import DriverFault, GracefulInterrupt
 from ._live import LiveView, quiet_ray_output
 from ._optuna import FidelityOptunaSearch
 from ._spaces import DEPENDENT, SearchConfig, suggest
-from ._trainable import ClusteringTrainable
+from ._trainable import ClusteringTrainable, train_warm_starts
 
 __all__ = ["start_ray", "embedded", "check_gpus", "build_tuner", "restore_tuner",
-           "make_sampler", "max_epochs"]
+           "make_sampler", "max_epochs", "prepare_warm_starts"]
+
+# How often the driver copies Tune's own files (trial results, search state) to cloud storage,
+# so `clustune status` elsewhere, or a resume after a killed driver, is at most this far behind
+# (the Optuna study is copied whenever Tune saves the searcher, so it is never older)
+REMOTE_SYNC_S = 15
+# Settings the CE warm start depends on (search/_trainable.py's key): a search over any of them
+# cannot train its warm starts ahead of the trials
+WARM_START_INPUTS = ("data.", "model.", "fast.", "threads", "seed", "warm_start.", "batch_size")
 
 
 def dashboard_available() -> bool:
@@ -90,10 +99,10 @@ def check_gpus(gpus: float, address: str | None, option: str) -> None:
                              f"({have}); leave it out to run on the CPU")
 
 
-def _trainable(cfg: SearchConfig, experiment_dir: Path):
+def _trainable(cfg: SearchConfig, experiment: StoragePath):
     s = cfg.search
     with_params = tune.with_parameters(ClusteringTrainable, base=cfg.base_dict(),
-                                       points=cfg.points, experiment_dir=str(experiment_dir),
+                                       points=cfg.points, experiment=experiment.uri,
                                        share_warm_start=s.share_warm_start)
     return tune.with_resources(with_params, {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
 
@@ -125,27 +134,50 @@ def max_epochs(cfg: SearchConfig) -> int:
     return max(epochs)
 
 
-def build_tuner(cfg: SearchConfig, experiment_dir: Path, name: str,
+def prepare_warm_starts(cfg: SearchConfig, experiment: StoragePath) -> int:
+    """Train the CE warm starts the trials will ask for, once each, before they start (every
+    point's; the base config's when the space searches nothing a warm start depends on)."""
+    s = cfg.search
+    if not s.share_warm_start:
+        return 0
+    base = cfg.base_dict()
+    if cfg.points:
+        configs = [resolve_trial_config(base, cfg.points, {"point": p}) for p in cfg.points]
+    elif any(k.startswith(WARM_START_INPUTS) for k in cfg.space):
+        return 0  # each trial trains (and stores) the warm start of its own key
+    else:
+        configs = [resolve_trial_config(base, {}, {})]
+    return train_warm_starts(configs, experiment, s.cpus_per_trial, s.gpus_per_trial)
+
+
+def build_tuner(cfg: SearchConfig, experiment: StoragePath,
                 callbacks: list[tune.Callback] | None = None, verbose: bool = False
                 ) -> tune.Tuner:
     """A Tuner for a new search; writes the experiment's metadata file first. ``callbacks``
     (Tune callbacks) watch it from the driver, e.g. to time it; the live view is one, and Ray
     Tune's own output shows only when ``verbose``."""
     s = cfg.search
-    experiment_dir.mkdir(parents=True, exist_ok=True)
+    name = experiment.name
     study_name = f"clustune-{name}"
+    own_study = s.study_storage is None
+    study_storage = study_url(experiment) if own_study else s.study_storage
     meta = {"name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "study_name": study_name, "study_storage": study_url(experiment_dir),
+            "study_name": study_name, "study_storage": study_storage,
             "config": cfg.model_dump(mode="json"), "base": cfg.base_dict()}
-    atomic_write_text(experiment_dir / META_FILE, json.dumps(meta, indent=2))
+    (experiment / META_FILE).atomic_write_text(json.dumps(meta, indent=2))
     base = cfg.base_dict()
-    storage = optuna.storages.RDBStorage(study_url(experiment_dir))
+    if own_study:  # a new experiment: a study file left by an older one there is stale
+        study_file(experiment).unlink(missing_ok=True)
+        study_file(experiment).parent.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(study_storage)
     multi = s.multi_objective and not cfg.points
     metric: str | list[str] = s.objectives if multi else s.metric
     mode: str | list[str] = ["max"] * len(s.objectives) if multi else s.mode
     searcher = FidelityOptunaSearch(space=functools.partial(_define_by_run, cfg=cfg, base=base),
                             metric=metric, mode=mode, sampler=make_sampler(cfg),
-                            study_name=study_name, storage=storage)
+                            study_name=study_name, storage=storage,
+                            study_copy=None if experiment.is_local or not own_study
+                            else experiment.uri)
     limited = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
     max_t = max_epochs(cfg)
     sched_metric = {"metric": s.metric, "mode": s.mode} if multi else {}
@@ -162,7 +194,9 @@ def build_tuner(cfg: SearchConfig, experiment_dir: Path, name: str,
         search_alg=limited, scheduler=scheduler, num_samples=len(cfg.points) or s.num_samples,
         reuse_actors=s.reuse_actors, **({} if multi else {"metric": s.metric, "mode": s.mode}))
     run_config = tune.RunConfig(
-        name=name, storage_path=str(experiment_dir.parent.resolve()),
+        name=name, storage_path=experiment.parent.uri,
+        sync_config=tune.SyncConfig(sync_period=5 * 60 if experiment.is_local
+                                    else REMOTE_SYNC_S),
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric,
             checkpoint_score_order=s.mode, checkpoint_frequency=1, checkpoint_at_end=False),
@@ -170,7 +204,7 @@ def build_tuner(cfg: SearchConfig, experiment_dir: Path, name: str,
         callbacks=[*(callbacks or []), GracefulInterrupt(), DriverFault(),
                    LiveView(len(cfg.points) or s.num_samples, s.metric, s.mode)],
         verbose=quiet_ray_output(verbose))
-    return tune.Tuner(_trainable(cfg, experiment_dir), tune_config=tune_config,
+    return tune.Tuner(_trainable(cfg, experiment), tune_config=tune_config,
                       run_config=run_config)
 
 
@@ -182,13 +216,16 @@ def _define_by_run(trial: optuna.Trial, cfg: SearchConfig, base: dict[str, Any]
     return {name: params[name] for name in DEPENDENT if name in params}
 
 
-def restore_tuner(experiment_dir: Path) -> tune.Tuner:
-    """The Tuner of an interrupted search; finished trials are kept, unfinished ones continue."""
-    meta = read_meta(experiment_dir)
+def restore_tuner(experiment: StoragePath) -> tune.Tuner:
+    """The Tuner of an interrupted search; finished trials are kept, unfinished ones continue.
+    The study of an experiment in cloud storage is copied back to where the saved searcher
+    expects it (:func:`analysis.study_file`)."""
+    meta = read_meta(experiment)
     cfg = SearchConfig.model_validate(meta["config"])
-    if not tune.Tuner.can_restore(str(experiment_dir)):
-        raise UsageError(f"{experiment_dir} has no search state to resume yet")
+    if not tune.Tuner.can_restore(experiment.uri):
+        raise UsageError(f"{experiment} has no search state to resume yet")
+    if not experiment.is_local and (experiment / STUDY_FILE).is_file():
+        (experiment / STUDY_FILE).download(study_file(experiment))
     quiet_ray_output(verbose=False)  # the restored RunConfig keeps the search's verbosity
-    return tune.Tuner.restore(str(experiment_dir.resolve()),
-                              trainable=_trainable(cfg, experiment_dir),
+    return tune.Tuner.restore(experiment.uri, trainable=_trainable(cfg, experiment),
                               resume_unfinished=True, resume_errored=True)

@@ -29,6 +29,7 @@ from ._heads import EMPTY_CLASS_LOGIT, HEADS, ClusterHead
 from ._magnet import MagnetLoss, magnet_loss
 from ._models import Backbone, Classifier, ResNet18, SmallCNN, build_backbone
 from ._objectives import OBJECTIVES, consistency
+from ._storage import StorageError, StoragePath, storage_path
 from ._trainer import (
     CheckpointError,
     Trainer,
@@ -43,10 +44,12 @@ __all__ = [
     "DATASETS", "EMPTY_CLASS_LOGIT", "HEADS", "OBJECTIVES",
     "Backbone", "CheckpointError", "Classifier", "ClusterHead", "ClusterSampler", "Clusters",
     "ClustuneError", "ConfigError", "ConfigSection", "DataError", "Dataset", "ImageData",
-    "MagnetLoss", "ResNet18", "SmallCNN", "TrainConfig", "Trainer", "TrainingDiverged",
+    "MagnetLoss", "ResNet18", "SmallCNN", "StorageError", "StoragePath", "TrainConfig",
+    "Trainer", "TrainingDiverged",
     "apply_overrides", "atomic_write_bytes", "atomic_write_text", "augment_batch",
     "build_backbone", "build_config", "consistency", "embedding_margin_loss",
     "fit_clusters", "frozen", "kmeans", "list_presets", "load_checkpoint", "load_classifier",
     "load_config", "load_data", "load_dataset", "magnet_loss", "parse_overrides", "pgd_linf",
-    "load_preset", "read_yaml", "resolve_trial_config", "resolve_device", "validation_message",
+    "load_preset", "read_yaml", "resolve_trial_config", "resolve_device", "storage_path",
+    "validation_message",
 ]

@@ -35,6 +35,7 @@ from ._files import atomic_write_bytes
 from ._heads import ClusterHead
 from ._models import Backbone, Classifier, build_backbone
 from ._objectives import OBJECTIVES, Batch, free_magnet_adv_replay
+from ._storage import StoragePath, storage_path
 
 __all__ = ["Trainer", "TrainingDiverged", "CheckpointError", "load_checkpoint",
            "load_classifier", "load_dataset", "resolve_device", "CHECKPOINT_FORMAT"]
@@ -424,10 +425,14 @@ class Trainer:
         return path
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a clustune checkpoint without executing pickled code (``weights_only=True``)."""
+def load_checkpoint(path: str | Path | StoragePath, device: str | torch.device = "cpu"
+                    ) -> dict[str, Any]:
+    """Load a clustune checkpoint (a local path or one in cloud storage) without executing
+    pickled code (``weights_only=True``)."""
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        where = storage_path(path)
+        source = where.local if where.is_local else io.BytesIO(where.read_bytes())
+        state = torch.load(source, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except Exception as err:  # torch raises many types for truncated or foreign files

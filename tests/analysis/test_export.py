@@ -193,9 +193,10 @@ def test_epochs_reported_again_after_a_restore_replace_the_abandoned_ones(fake_e
     epochs again; its history continues from the restored epoch."""
     exp = fake_experiment(tmp_path)
     trial = next(t for t in load_experiment(exp.path).trials if t.epochs == 3)
-    rows = [json.loads(line) for line in (trial.path / "result.json").read_text().splitlines()]
+    result_file = trial.path.local / "result.json"
+    rows = [json.loads(line) for line in result_file.read_text().splitlines()]
     rerun = {**rows[1], "val_robust_acc": 0.5, "iterations_since_restore": 1}
-    with (trial.path / "result.json").open("a") as f:  # restored after epoch 1: epoch 2 again
+    with result_file.open("a") as f:  # restored after epoch 1: epoch 2 again
         f.write(json.dumps(rerun) + "\n")
     again = next(t for t in load_experiment(exp.path).trials if t.trial_id == trial.trial_id)
     assert again.history == [rows[0], rerun]
@@ -254,7 +255,7 @@ def test_best_configs_of_a_running_search_skip_trials_without_epochs(running_exp
     fake = running_experiment
     files = best_configs(fake.path, top=10)
     assert len(files) == 3 and all(fake.pending not in f.name for f in files)
-    assert files[0].parent == fake.path / "best"
+    assert files[0].parent.local == fake.path / "best"
 
 
 def test_cli_export_and_best(finished_experiment, tmp_path, capsys):
@@ -286,7 +287,7 @@ def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0
-    assert "experiment folder" in capsys.readouterr().out
+    assert "the experiment" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("command", ["status", "export", "best", "report"])

@@ -172,7 +172,7 @@ def test_report_figures_are_drawn_in_a_browser(finished_report, finished_experim
          "--no-first-run", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
          "--virtual-time-budget=5000", "--window-size=1200,2400", "--dump-dom",
-         finished_report.resolve().as_uri()],
+         Path(finished_report).resolve().as_uri()],
         capture_output=True, text=True, timeout=60, check=True).stdout
     drawn = re.sub(r"<script.*?</script>", "", dom, flags=re.S)  # the DOM, not plotly.js
     figures = re.split(r'<div id="[^"]+" class="plotly-graph-div', drawn)[1:]

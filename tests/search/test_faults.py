@@ -44,7 +44,7 @@ def test_crashed_trial_is_retried_from_its_last_checkpoint(faults_experiment):
     # the retry restored the epoch-1 checkpoint: epoch 2 is its first iteration since restore
     assert [r["iterations_since_restore"] for r in crash.history] == [1, 1, 2]
     assert "injected fault at epoch 2" in crash.problem
-    assert len(list((faults_experiment.path / "faults").iterdir())) == 1  # raised once
+    assert len(list((faults_experiment.path.local / "faults").iterdir())) == 1  # raised once
     # and continued exactly: the same numbers as the trial that never crashed
     for got, want in zip(crash.history, healthy.history, strict=True):
         for key in ("train_loss", "val_clean_acc", "val_robust_acc", "sigma2"):
@@ -116,7 +116,7 @@ def test_sigkilled_driver_is_resumed_keeping_finished_trials(tmp_path, digits_se
 
 def test_final_stage_killed_mid_evaluation_resumes(faults_experiment, clustune):
     trial = _trial(faults_experiment, "healthy")
-    final = faults_experiment.path / "final"
+    final = faults_experiment.path.local / "final"
     args = ("evaluate", str(faults_experiment.path), "--trial", trial.trial_id,
             "--examples", "32")
     first = clustune(*args)

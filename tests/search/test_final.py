@@ -21,7 +21,7 @@ def test_final_stage_evaluates_the_best_trials_with_autoattack(experiment):
     ranked = experiment.proxy_ranked()
     assert select_trials(experiment, 2) == ranked[:2]
     after = run_final_stage(experiment.path, top_k=1, examples=8, heads=["logprob", "raw"])
-    files = sorted((experiment.path / "final").glob("*.json"))
+    files = sorted((experiment.path.local / "final").glob("*.json"))
     assert [f.name for f in files] == [f"{ranked[0].trial_id}-logprob.json",
                                        f"{ranked[0].trial_id}-raw.json"]
     checkpoint = ranked[0].best_checkpoint()

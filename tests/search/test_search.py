@@ -10,6 +10,7 @@ import pytest
 
 from analysis import load_experiment, read_meta
 from search import ClusteringTrainable, SearchConfig, run_search
+from trainable import storage_path
 
 
 def _config(data: dict) -> SearchConfig:
@@ -87,7 +88,7 @@ def test_restored_trial_continues_identically(ray_session, tmp_path, digits_sear
 
     cfg = _config(digits_search())
     cls = tune.with_parameters(ClusteringTrainable, base=cfg.base_dict(), points={},
-                               experiment_dir=str(tmp_path))
+                               experiment=str(tmp_path))
     params = {"clusters.k": 2, "clusters.l": 7, "objective.lam": 2.0}
     first = cls(config=params)
     first.train()
@@ -110,7 +111,7 @@ def test_share_warm_start_reaches_the_trial(ray_session, tmp_path, digits_search
     from search._tuner import _trainable
 
     cfg = _config(digits_search(share_warm_start=shared))
-    trial = _trainable(cfg, tmp_path)(config={"clusters.k": 1, "clusters.l": 5,
+    trial = _trainable(cfg, storage_path(tmp_path))(config={"clusters.k": 1, "clusters.l": 5,
                                               "objective.lam": 1.0})
     warm = trial.cfg.warm_start
     if shared:

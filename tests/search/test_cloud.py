@@ -1,0 +1,140 @@
+"""An experiment that lives in cloud storage, for real: a local S3-compatible server (moto in
+server mode, on loopback) and a two-node Ray cluster (``ray.cluster_utils.Cluster``), both
+started here. A search whose driver is killed at an exact event, `clustune resume`, the final
+stage, then status, export, best, report and the Optuna study, all from the bucket, and
+nothing written to a local experiment folder."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow.fs as pafs
+import pytest
+import yaml
+
+BUCKET = "clustune-test"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1 with an empty bucket; the AWS variables point every
+    process started from here (cluster nodes, CLI drivers) at it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            env.setenv(key, value)
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def two_nodes(s3_endpoint):
+    """A head and a worker node, one CPU each: trials run on both."""
+    from ray.cluster_utils import Cluster
+
+    node = {"num_cpus": 1, "object_store_memory": 80 * 1024**2}
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={**node, "include_dashboard": False})
+    cluster.add_node(**node)
+    cluster.wait_for_nodes()
+    yield cluster.address
+    cluster.shutdown()
+
+
+def _objects(prefix: str) -> list[str]:
+    fs, path = pafs.FileSystem.from_uri(f"s3://{BUCKET}/{prefix}")
+    selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
+    return sorted(i.path.removeprefix(f"{path}/") for i in fs.get_file_info(selector)
+                  if i.type == pafs.FileType.File)
+
+
+def test_a_search_in_a_bucket_on_two_nodes_survives_a_killed_driver(
+        s3_endpoint, two_nodes, tmp_path, digits_search, clustune, monkeypatch):
+    from analysis import load_experiment
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    data = digits_search(num_samples=3, max_concurrent=2, scheduler="fifo", final_top_k=1,
+                         final_examples=8)
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(data))
+    uri = f"s3://{BUCKET}/experiments/cloudy"
+
+    # the driver kills itself (SIGKILL) once the third checkpoint is recorded
+    monkeypatch.setenv("CLUSTUNE_DRIVER_FAULT", "checkpoint:3:sigkill")
+    first = clustune("search", "--config", str(tmp_path / "search.yaml"), "--storage",
+                     f"s3://{BUCKET}/experiments", "--name", "cloudy", "--address", two_nodes)
+    assert first.wait(timeout=300) == -9, first.log.read_text()
+    stored = _objects("experiments/cloudy")
+    assert "clustune.json" in stored and any(s.startswith("warm_start/") for s in stored)
+
+    monkeypatch.delenv("CLUSTUNE_DRIVER_FAULT")
+    resumed = clustune("resume", uri, "--address", two_nodes)
+    assert resumed.wait(timeout=400) == 0, resumed.log.read_text()
+    out = resumed.log.read_text()
+    assert "final stage:" in out, out
+
+    experiment = load_experiment(uri)
+    assert len(experiment.trials) == 3
+    for trial in experiment.trials:
+        assert trial.status == "TERMINATED"
+        assert [r["training_iteration"] for r in trial.history] == [1, 2, 3, 4]
+    assert len(experiment.final_results()) == 1
+
+    for command in (["status", uri], ["export", uri], ["best", uri, "--top", "1"],
+                    ["report", uri]):
+        proc = clustune(*command)
+        assert proc.wait(timeout=120) == 0, proc.log.read_text()
+    stored = _objects("experiments/cloudy")
+    for name in ("clustune.json", "optuna.db", "export/trials.parquet",
+                 "export/epochs.parquet", "report.html"):
+        assert name in stored, stored
+    assert any(s.startswith("final/") and s.endswith(".json") for s in stored)
+    assert any(s.startswith("best/01-") for s in stored)
+    assert sum(s.endswith("/params.json") for s in stored) == 3
+
+    import optuna
+
+    study = optuna.load_study(study_name=experiment.meta["study_name"],
+                              storage=experiment.study_storage)
+    assert len(study.trials) == 3  # the study went with the experiment: the dashboard's view
+    assert list(work.iterdir()) == [], "nothing is written to a local experiment folder"
+
+
+def test_a_bad_location_is_refused_in_one_line_before_ray_starts(s3_endpoint, clustune,
+                                                                tmp_path):
+    for storage, says in ((f"s3://no-such-bucket-{os.getpid()}/x", "no such bucket"),
+                          ("nfs://host/x", "not a storage location")):
+        proc = clustune("search", "--storage", storage, "--name", "x")
+        assert proc.wait(timeout=60) == 2
+        err = proc.log.read_text().strip()
+        assert err.startswith("clustune: error:") and says in err and "\n" not in err, err
+    proc = clustune("status", f"s3://{BUCKET}/missing")
+    assert proc.wait(timeout=60) == 2
+    assert "is not a clustune experiment" in proc.log.read_text()
+
+
+def test_storage_paths_read_and_write_a_bucket(s3_endpoint):
+    from trainable import storage_path
+
+    root = storage_path(f"s3://{BUCKET}/unit")
+    (root / "a" / "params.json").atomic_write_text(json.dumps({"k": 1}))
+    (root / "b" / "params.json").atomic_write_text("{}")
+    (root / "b" / "checkpoint_000000" / "state.pt").atomic_write_bytes(b"\0")
+    assert [p.parent.name for p in root.glob("*/params.json")] == ["a", "b"]
+    assert [str(p) for p in root.glob("*/checkpoint_*/state.pt")] == \
+        [f"s3://{BUCKET}/unit/b/checkpoint_000000/state.pt"]
+    assert json.loads((root / "a" / "params.json").read_text()) == {"k": 1}
+    assert root.has_files() and not (root / "c").has_files()
+    (root / "a" / "params.json").unlink()
+    assert not (root / "a" / "params.json").exists()

@@ -1,0 +1,205 @@
+"""Where experiments live: a local folder or cloud storage (s3://, gs://), read and written
+through pyarrow's filesystems, as Ray Tune stores its own files.
+
+:class:`StoragePath` has the few pathlib operations clustune needs, on any of them. Writes are
+atomic: locally a temporary file renamed into place, in a bucket one PUT (an object appears
+whole or not at all). S3-compatible servers other than AWS: set ``AWS_ENDPOINT_URL`` (or add
+``?endpoint_override=HOST:PORT`` to the URI).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from ._errors import ClustuneError
+from ._files import atomic_write_bytes
+
+__all__ = ["StoragePath", "StorageError", "storage_path"]
+
+
+class StorageError(ClustuneError, OSError):
+    """A storage location that cannot be used: unknown scheme, no such bucket, no access."""
+
+
+class StoragePath:
+    """A file or folder on a pyarrow filesystem; ``str()`` is what users type to name it."""
+
+    def __init__(self, fs: pafs.FileSystem, path: str, scheme: str = "", query: str = "") -> None:
+        self.fs, self.path, self.scheme, self.query = fs, path.rstrip("/") or "/", scheme, query
+
+    @property
+    def is_local(self) -> bool:
+        return not self.scheme
+
+    @property
+    def local(self) -> Path:
+        """The path on this machine (local storage only)."""
+        if not self.is_local:
+            raise StorageError(f"{self} is not on this machine")
+        return Path(self.path)
+
+    def __fspath__(self) -> str:
+        """A local one works wherever a path does (open, Path, pyarrow, torch)."""
+        return str(self.local)
+
+    @property
+    def uri(self) -> str:
+        """The full location: with the query (endpoint) Ray Tune and pyarrow need, or the
+        absolute path of a local one."""
+        if self.is_local:
+            return str(Path(self.path).resolve())
+        return str(self) + (f"?{self.query}" if self.query else "")
+
+    def __str__(self) -> str:
+        return self.path if self.is_local else f"{self.scheme}://{self.path}"
+
+    def __repr__(self) -> str:
+        return f"StoragePath({self.uri!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StoragePath) and self.uri == other.uri
+
+    def __hash__(self) -> int:
+        return hash(self.uri)
+
+    def __lt__(self, other: StoragePath) -> bool:
+        return self.uri < other.uri
+
+    def __truediv__(self, name: str) -> StoragePath:
+        return StoragePath(self.fs, posixpath.join(self.path, name), self.scheme, self.query)
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+    @property
+    def stem(self) -> str:
+        return self.name.rpartition(".")[0] or self.name
+
+    @property
+    def suffix(self) -> str:
+        stem, dot, ext = self.name.rpartition(".")
+        return f".{ext}" if dot and stem else ""
+
+    @property
+    def parent(self) -> StoragePath:
+        return StoragePath(self.fs, posixpath.dirname(self.path), self.scheme, self.query)
+
+    def _info(self) -> pafs.FileInfo:
+        return _call(self, lambda: self.fs.get_file_info(self.path))
+
+    def exists(self) -> bool:
+        return self._info().type != pafs.FileType.NotFound
+
+    def is_file(self) -> bool:
+        return self._info().type == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        return self._info().type == pafs.FileType.Directory
+
+    def has_files(self) -> bool:
+        """A folder with at least one file in it (a bucket has no empty folders)."""
+        return any(i.type == pafs.FileType.File for i in self._list(recursive=True))
+
+    def _list(self, recursive: bool) -> list[pafs.FileInfo]:
+        selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=recursive)
+        return _call(self, lambda: self.fs.get_file_info(selector))
+
+    def glob(self, pattern: str) -> list[StoragePath]:
+        """Entries matching pattern ('*' within one level, e.g. '*/params.json'), sorted: one
+        listing call however many trial folders there are."""
+        parts = pattern.split("/")
+        infos = self._list(recursive=len(parts) > 1)
+        base = len(self.path.rstrip("/")) + 1
+        found = []
+        for info in infos:
+            rel = info.path[base:].split("/")
+            if len(rel) == len(parts) and all(fnmatch.fnmatchcase(r, p)
+                                               for r, p in zip(rel, parts, strict=True)):
+                found.append(StoragePath(self.fs, info.path, self.scheme, self.query))
+        return sorted(found, key=lambda p: p.path)
+
+    def read_bytes(self) -> bytes:
+        def read() -> bytes:
+            with self.fs.open_input_stream(self.path) as f:
+                return f.read()
+
+        return _call(self, read)
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
+
+    def atomic_write_bytes(self, data: bytes) -> None:
+        if self.is_local:
+            atomic_write_bytes(self.path, data)
+            return
+
+        def write() -> None:
+            with self.fs.open_output_stream(self.path) as f:
+                f.write(data)
+
+        _call(self, write)
+
+    def atomic_write_text(self, text: str) -> None:
+        self.atomic_write_bytes(text.encode())
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        if missing_ok and not self.exists():
+            return
+        _call(self, lambda: self.fs.delete_file(self.path))
+
+    def download(self, to: Path) -> None:
+        """Copy this file to a local path (atomically)."""
+        atomic_write_bytes(to, self.read_bytes())
+
+    def upload(self, source: Path) -> None:
+        """Copy a local file here (atomically)."""
+        self.atomic_write_bytes(Path(source).read_bytes())
+
+    def check(self) -> StoragePath:
+        """Self, once the storage answered (the bucket exists and the credentials work): a
+        one-line error now rather than a failure inside Ray later."""
+        if not self.is_local:
+            bucket = self.path.split("/", 1)[0]
+            if StoragePath(self.fs, bucket, self.scheme, self.query)._info().type \
+                    == pafs.FileType.NotFound:
+                raise StorageError(f"{self.scheme}://{bucket}: no such bucket")
+        return self
+
+
+def _call(where: StoragePath, action):
+    """Run a storage call; a failure becomes a one-line StorageError naming the location."""
+    try:
+        return action()
+    except FileNotFoundError:
+        raise
+    except (OSError, pa.ArrowException) as err:
+        if where.is_local and isinstance(err, OSError):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StorageError(f"{where}: {first[:200]}") from None
+
+
+def storage_path(location: str | Path | StoragePath) -> StoragePath:
+    """A local path or a URI (s3://bucket/prefix, gs://bucket/prefix, file:///path)."""
+    if isinstance(location, StoragePath):
+        return location
+    text = str(location)
+    scheme = urlsplit(text).scheme if "://" in text else ""
+    if not scheme or scheme == "file":
+        local = Path(text.removeprefix("file://")).expanduser()  # named as given
+        return StoragePath(pafs.LocalFileSystem(), str(local))
+    try:
+        fs, path = pafs.FileSystem.from_uri(text)
+    except (pa.ArrowException, ValueError, OSError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise StorageError(f"{text.split('?')[0]}: not a storage location ({first})") from None
+    if not path.strip("/"):
+        raise StorageError(f"{text}: name a bucket, e.g. {scheme}://BUCKET/experiments")
+    return StoragePath(fs, path, scheme, urlsplit(text).query)
