@@ -64,6 +64,9 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
                   f"TensorBoard:       tensorboard --logdir {experiment.path.uri}\n"
                   "Ray dashboard:     while a search runs, after pip install "
                   "'clustune[dashboard]'", markup=False)
+    if not experiment.path.is_local and storage.startswith("sqlite:"):
+        console.print("the study is a copy of the one in the bucket as of now: start the "
+                      "dashboard again to see newer trials", markup=False)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"warning: optuna-dashboard has no authentication: anyone who reaches "
                       f"{args.host}:{args.port} can read and change the study", markup=False)

@@ -124,6 +124,39 @@ def test_a_bad_location_is_refused_in_one_line_before_ray_starts(s3_endpoint, cl
     assert "is not a clustune experiment" in proc.log.read_text()
 
 
+def test_credentials_the_store_refuses_are_a_one_line_error(clustune, tmp_path, monkeypatch):
+    """A second moto server that checks credentials (none are valid there)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            assert time.monotonic() < deadline, "moto did not start"
+            time.sleep(0.1)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+        monkeypatch.chdir(tmp_path)
+        proc = clustune("search", "--storage", "s3://any-bucket/x", "--name", "x")
+        assert proc.wait(timeout=60) == 2
+        err = proc.log.read_text().strip()
+        assert err.startswith("clustune: error: s3://any-bucket") and "ACCESS_DENIED" in err
+        assert "\n" not in err and list(tmp_path.iterdir()) == [proc.log], err
+    finally:
+        server.kill()
+        server.wait()
+
+
 def test_storage_paths_read_and_write_a_bucket(s3_endpoint):
     from trainable import storage_path
 

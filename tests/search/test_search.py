@@ -160,3 +160,17 @@ def test_the_testing_helper_writes_what_a_search_writes(asha_experiment, tmp_pat
     assert set(SEARCH) <= set(real["config"]["search"])
     assert {k: type(v) for k, v in SEARCH.items()} == \
         {k: type(real["config"]["search"][k]) for k in SEARCH}
+
+
+def test_a_shared_rdb_study_is_used_instead_of_the_experiments_own(ray_session, tmp_path,
+                                                                     digits_search):
+    """search.study_storage: the study lives at that RDB URL (sqlite here, as postgresql://
+    would), the experiment keeps no optuna.db, and readers find the study there."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    data = digits_search(num_samples=2, study_storage=url)
+    data["train"]["optim"]["epochs"] = 1
+    experiment = run_search(_config(data), tmp_path / "exp")
+    assert not (tmp_path / "exp" / "optuna.db").exists()
+    assert experiment.study_storage == url == read_meta(experiment.path)["study_storage"]
+    study = optuna.load_study(study_name=experiment.meta["study_name"], storage=url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
