@@ -16,7 +16,7 @@ from ._autoattack import (
 from ._confirmation import CONFIRM_DIR, SEED_MARK, Confirmation, load_confirmations
 from ._export import EPOCHS_SCHEMA, TRIALS_SCHEMA, best_configs, export_experiment
 from ._ranking import FLAG_LEGEND, Flag, RankedTrial, flags_of, rank_trials, worst_case
-from ._report import pareto_front, write_report
+from ._report import markdown_table, pareto_front, write_report
 from ._results import (
     FINAL_DIR,
     META_FILE,
@@ -24,6 +24,7 @@ from ._results import (
     WARM_START_DIR,
     Experiment,
     ExperimentError,
+    ExperimentMeta,
     TrialRecord,
     load_experiment,
     read_meta,
@@ -33,11 +34,12 @@ from ._results import (
 from ._tune_layout import TRIAL_STATE_FILE
 
 __all__ = [
-    "CONFIRM_DIR", "Confirmation", "EPOCHS_SCHEMA", "Experiment", "ExperimentError", "FINAL_DIR",
-    "FLAG_LEGEND", "Flag", "META_FILE", "RankedTrial", "ResultError", "RobustnessResult",
-    "SCHEMA_VERSION", "SEED_MARK", "STUDY_FILE", "TRIALS_SCHEMA", "TRIAL_STATE_FILE",
-    "TrialRecord", "WARM_START_DIR", "best_configs", "evaluate_checkpoint", "evaluate_robustness",
-    "export_experiment", "flags_of", "load_confirmations", "load_experiment", "load_result",
-    "pareto_front", "rank_trials", "read_meta", "save_result", "study_file", "study_url",
-    "worst_case", "write_report",
+    "CONFIRM_DIR", "Confirmation", "EPOCHS_SCHEMA", "Experiment", "ExperimentError",
+    "ExperimentMeta", "FINAL_DIR", "FLAG_LEGEND", "Flag", "META_FILE", "RankedTrial",
+    "ResultError", "RobustnessResult", "SCHEMA_VERSION", "SEED_MARK", "STUDY_FILE",
+    "TRIALS_SCHEMA", "TRIAL_STATE_FILE", "TrialRecord", "WARM_START_DIR", "best_configs",
+    "evaluate_checkpoint", "evaluate_robustness", "export_experiment", "flags_of",
+    "load_confirmations", "load_experiment", "load_result", "markdown_table", "pareto_front",
+    "rank_trials", "read_meta", "save_result", "study_file", "study_url", "worst_case",
+    "write_report",
 ]

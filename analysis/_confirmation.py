@@ -83,7 +83,7 @@ def load_confirmations(path: str | Path | StoragePath) -> list[Confirmation]:
             int(seed), min(worst_case(r) for r in evaluated),
             min(r["n_examples"] for r in evaluated),
             any(f.demotes for r in evaluated for f in flags_of(r))))
-    listed = [p.rpartition(SEED_MARK)[0] for p in experiment.meta["config"].get("points", {})]
+    listed = [p.rpartition(SEED_MARK)[0] for p in experiment.meta.points]
     order = sorted(groups, key=lambda c: listed.index(c) if c in listed else len(listed))
     return [Confirmation(config, tuple(s for s, *_ in rows), tuple(v for _, v, _, _ in rows),
                          min(n for _, _, n, _ in rows), sum(f for *_, f in rows))

@@ -22,7 +22,7 @@ from trainable import StoragePath, storage_path
 
 from ._confirmation import Confirmation, load_confirmations
 from ._ranking import RankedTrial, rank_trials
-from ._results import Experiment, ExperimentError, TrialRecord, load_experiment
+from ._results import Experiment, ExperimentError, TrialRecord, load_experiment, parse_meta
 
 __all__ = ["EXPORT_SCHEMA_VERSION", "TRIALS_SCHEMA", "EPOCHS_SCHEMA", "TRIAL_METRICS",
            "export_experiment", "best_configs"]
@@ -109,7 +109,7 @@ def _metadata(experiment: Experiment) -> dict[str, str]:
     return {"clustune.schema": EXPORT_SCHEMA_VERSION,
             "clustune.experiment": experiment.name,
             "clustune.metric": experiment.metric, "clustune.mode": experiment.mode,
-            "clustune.meta": json.dumps(experiment.meta)}  # key order kept: points are rows
+            "clustune.meta": experiment.meta.model_dump_json()}  # key order kept: points are rows
 
 
 def _trials_table(experiment: Experiment) -> pa.Table:
@@ -233,7 +233,8 @@ def load_export(path: str | Path | StoragePath) -> Experiment:
                   if k.startswith("param.") and v is not None}
         records.append(TrialRecord(tid, path, row["status"], params, history, row["error"]))
         configs[tid] = json.loads(row["config_json"])
-    return Experiment(path, json.loads(metadata[b"clustune.meta"]), records, configs=configs,
+    meta = parse_meta(metadata[b"clustune.meta"], path / "trials.parquet")
+    return Experiment(path, meta, records, configs=configs,
                       finals=_finals_from(rows, trials.schema.names))
 
 

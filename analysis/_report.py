@@ -29,7 +29,7 @@ from ._confirmation import load_confirmations
 from ._ranking import FLAG_LEGEND, RankedTrial, flags_of, rank_trials
 from ._results import Experiment, TrialRecord, load_experiment
 
-__all__ = ["pareto_front", "write_report"]
+__all__ = ["pareto_front", "write_report", "markdown_table"]
 
 CURVES = 5  # trials in the learning curves
 TABLE_ROWS = 20  # trials in the paper-style table (AutoAttack-evaluated ones always shown)
@@ -119,9 +119,9 @@ def _importances(experiment: Experiment) -> str:
     if storage is None:
         return _note("No optuna.db in the experiment folder yet.")
     try:
-        study = optuna.load_study(study_name=experiment.meta["study_name"], storage=storage)
+        study = optuna.load_study(study_name=experiment.meta.study_name, storage=storage)
     except KeyError:
-        return _note(f"The Optuna study {experiment.meta['study_name']} does not exist yet.")
+        return _note(f"The Optuna study {experiment.meta.study_name} does not exist yet.")
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     params = sorted({p for t in complete for p in t.params})
     if len(complete) < 2:
@@ -134,7 +134,7 @@ def _importances(experiment: Experiment) -> str:
         warnings.simplefilter("ignore")  # optuna warns about small samples; the note says so
         fig = optuna.visualization.plot_param_importances(study)
     if len(study.directions) > 1:  # one bar series per objective, in the study's order
-        objectives = experiment.meta["config"]["search"]["objectives"]
+        objectives = experiment.meta.objectives
         for trace, name in zip(fig.data, objectives, strict=False):
             trace.name = name
     fig.update_layout(height=380)
@@ -188,16 +188,22 @@ def _html_table(table: _Table) -> str:
     return html_table + (_note(table.note) if table.note else "")
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+def markdown_table(header: list[str], rows: list[list[str]], numeric: tuple[int, ...] = ()
+                   ) -> str:
+    """A GitHub Markdown table (numeric columns right-aligned, pipes in cells escaped): the
+    one writer of the reports' and the benchmarks' tables."""
+
+    def cells(texts: list[str]) -> str:
+        return "| " + " | ".join(t.replace("|", "\\|").replace("\n", " ") for t in texts) + " |"
+
+    lines = [cells(header), "|" + "|".join("---:" if i in numeric else "---"
+                                          for i in range(len(header))) + "|"]
+    return "\n".join(lines + [cells(row) for row in rows])
 
 
 def _md_table(table: _Table) -> str:
-    lines = ["| " + " | ".join(_md_cell(h) for h in table.header) + " |",
-             "|" + "|".join("---:" if i in table.numeric else "---"
-                            for i in range(len(table.header))) + "|"]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
-    return "\n".join(lines) + "\n" + (f"\n*{table.note}*\n" if table.note else "")
+    return markdown_table(table.header, table.rows, table.numeric) + "\n" + (
+        f"\n*{table.note}*\n" if table.note else "")
 
 
 def _flag_text(result: dict[str, Any]) -> str:
@@ -225,7 +231,7 @@ def _table_order(experiment: Experiment) -> list[TrialRecord]:
     """A search over fixed points keeps the points' order (the paper's rows); a search over a
     space keeps the ranking's."""
     ranked = [r.trial for r in rank_trials(experiment)]
-    points = list(experiment.meta["config"].get("points") or {})
+    points = list(experiment.meta.points)
     if points:
         ranked.sort(key=lambda t: points.index(t.params["point"])
                     if t.params.get("point") in points else len(points))
@@ -328,8 +334,8 @@ def _confirmation_table(experiment: Experiment) -> _Table | None:
 
 def _summary_items(experiment: Experiment,
                    finals: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    meta, search = experiment.meta, experiment.meta["config"]["search"]
-    optim = TrainConfig.model_validate(meta["base"]).optim  # the base config, defaults filled
+    meta, search = experiment.meta, experiment.meta.search
+    optim = TrainConfig.model_validate(meta.base).optim  # the base config, defaults filled
     counts: dict[str, int] = {}
     for t in experiment.trials:
         counts[t.status] = counts.get(t.status, 0) + 1
@@ -339,7 +345,7 @@ def _summary_items(experiment: Experiment,
     trial_time = sum(t.last.get("time_total_s") or 0.0 for t in experiment.trials)
     final_time = sum(r.get("wall_time_s") or 0.0 for r in finals)
     return [("experiment", f"{experiment.name} ({experiment.path})"),
-            ("created", meta.get("created", "-")),
+            ("created", meta.created),
             ("search", f"sampler {search['sampler']}, scheduler {search['scheduler']}, "
                        f"metric {search['metric']} ({search['mode']}), "
                        f"{search['max_concurrent']} trials at a time"),

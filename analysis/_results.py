@@ -15,7 +15,9 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from trainable import (
     ClustuneError,
@@ -27,13 +29,15 @@ from trainable import (
 
 from ._tune_layout import checkpoint_epoch, checkpoint_files, read_tune_trials
 
-__all__ = ["TrialRecord", "Experiment", "load_experiment", "read_meta", "ExperimentError",
-           "META_FILE", "STUDY_FILE", "FINAL_DIR", "WARM_START_DIR", "study_file", "study_url"]
+__all__ = ["TrialRecord", "Experiment", "ExperimentMeta", "load_experiment", "read_meta",
+           "ExperimentError", "META_FILE", "META_FORMAT", "STUDY_FILE", "FINAL_DIR",
+           "WARM_START_DIR", "parse_meta", "study_file", "study_url"]
 
 # The experiment folder's own files, named here only (search writes them, analysis reads them);
 # the rest of the folder is Ray Tune's layout: TRIAL/params.json, TRIAL/result.json,
 # TRIAL/checkpoint_N/, experiment_state-*.json
-META_FILE = "clustune.json"  # the resolved search config, the study's name
+META_FILE = "clustune.json"  # ExperimentMeta: the resolved search config, the study's name
+META_FORMAT = "clustune-experiment-v1"
 STUDY_FILE = "optuna.db"  # the Optuna study (sqlite)
 FINAL_DIR = "final"  # the final stage: final/TRIAL-HEAD.json, in analysis's result schema
 WARM_START_DIR = "warm_start"  # the shared CE warm starts: warm_start/KEY.pt
@@ -65,6 +69,53 @@ def _scratch_folder() -> Path:
 
 class ExperimentError(ClustuneError, ValueError):
     """A folder that is not a clustune experiment."""
+
+
+class ExperimentMeta(BaseModel):
+    """clustune.json: what a search was asked to do, written once when it starts. The search
+    config stays the JSON of ``search.SearchConfig`` (search validates it; the properties here
+    are what analysis reads of it). A file without ``format`` is a v1 file from before the
+    field existed; another format is refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["clustune-experiment-v1"] = META_FORMAT
+    name: str
+    created: str  # local time the search started, ISO 8601
+    study_name: str
+    study_storage: str  # the Optuna storage URL the driver wrote the study to
+    config: dict[str, Any]  # the search config: description, base, train, space, points, search
+    base: dict[str, Any]  # the trials' common training config (before each trial's params)
+
+    @property
+    def search(self) -> dict[str, Any]:
+        return self.config.get("search", {})
+
+    @property
+    def metric(self) -> str:
+        return self.search.get("metric", "val_robust_acc")
+
+    @property
+    def mode(self) -> str:
+        return self.search.get("mode", "max")
+
+    @property
+    def multi_objective(self) -> bool:
+        return self.search.get("sampler") in ("nsga2", "motpe")
+
+    @property
+    def objectives(self) -> list[str]:
+        return self.search.get("objectives", ["val_clean_acc", "val_robust_acc"])
+
+    @property
+    def points(self) -> dict[str, dict[str, Any]]:
+        """The named fixed configurations of a search over points ({} for a space)."""
+        return self.config.get("points") or {}
+
+    @property
+    def shared_study(self) -> str | None:
+        """The RDB URL of a study shared between experiments (search.study_storage)."""
+        return self.search.get("study_storage")
 
 
 log = logging.getLogger("clustune")  # "skipped FILE: why" for files a reader can do without
@@ -140,7 +191,7 @@ def _finite(v: Any) -> bool:
 @dataclass
 class Experiment:
     path: StoragePath
-    meta: dict[str, Any]
+    meta: ExperimentMeta
     trials: list[TrialRecord]
     configs: dict[str, dict[str, Any]] | None = None  # trial id -> config (read from an export)
     # the final stage's results: given by an export, else read from final/ once (the ranking,
@@ -150,15 +201,15 @@ class Experiment:
 
     @property
     def metric(self) -> str:
-        return self.meta["config"]["search"]["metric"]
+        return self.meta.metric
 
     @property
     def mode(self) -> str:
-        return self.meta["config"]["search"]["mode"]
+        return self.meta.mode
 
     @property
     def name(self) -> str:
-        return self.meta.get("name", self.path.name)
+        return self.meta.name
 
     @property
     def exported(self) -> bool:
@@ -171,9 +222,8 @@ class Experiment:
         not the path recorded in clustune.json; one in a bucket is read from a local copy), or
         the RDB URL of a shared study (``search.study_storage``); None before the study
         exists."""
-        shared = self.meta["config"].get("search", {}).get("study_storage")
-        if shared:
-            return shared  # an RDB server the search was pointed at
+        if self.meta.shared_study:
+            return self.meta.shared_study  # an RDB server the search was pointed at
         stored = self.path / STUDY_FILE
         if not stored.is_file():
             return None
@@ -186,7 +236,7 @@ class Experiment:
     def trial_config(self, trial: TrialRecord) -> TrainConfig:
         if self.configs is not None:
             return TrainConfig.model_validate(self.configs[trial.trial_id])
-        return resolve_trial_config(self.meta["base"], self.meta["config"].get("points", {}),
+        return resolve_trial_config(self.meta.base, self.meta.points,
                               trial.params)
 
     def final_results(self) -> list[dict[str, Any]]:
@@ -227,18 +277,33 @@ class Experiment:
         return sorted(done, key=lambda t: sign * t.best(self.metric, self.mode)[self.metric])
 
 
-def read_meta(path: str | Path | StoragePath) -> dict[str, Any]:
+def read_meta(path: str | Path | StoragePath) -> ExperimentMeta:
     """The experiment's clustune.json (its resolved search config and study)."""
     meta_file = storage_path(path) / META_FILE
     if not meta_file.is_file():
         raise ExperimentError(f"{path} is not a clustune experiment (no {META_FILE})")
     try:
-        meta = json.loads(meta_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        text = meta_file.read_text()
+    except (OSError, UnicodeDecodeError) as err:
         raise ExperimentError(f"{meta_file} is unreadable ({err})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
-        raise ExperimentError(f"{meta_file} is not a clustune experiment file")
-    return meta
+    return parse_meta(text, meta_file)
+
+
+def parse_meta(text: str | bytes, source: object) -> ExperimentMeta:
+    """ExperimentMeta from its JSON; source names the file in the one-line error."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ExperimentError(f"{source} is unreadable ({err})") from None
+    if isinstance(data, dict) and data.get("format", META_FORMAT) != META_FORMAT:
+        raise ExperimentError(f"{source} is a {data['format']} file; this clustune reads "
+                              f"{META_FORMAT} (a newer clustune wrote it?)")
+    try:
+        return ExperimentMeta.model_validate(data)
+    except ValidationError as err:
+        where = ".".join(str(p) for p in err.errors()[0]["loc"]) or "the file"
+        raise ExperimentError(f"{source} is not a clustune experiment file ({where}: "
+                              f"{err.errors()[0]['msg']})") from None
 
 
 def load_experiment(path: str | Path | StoragePath) -> Experiment:

@@ -22,6 +22,8 @@ from typing import Any
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from ._results import META_FILE, STUDY_FILE, ExperimentMeta
+
 __all__ = ["FakeExperiment", "make_experiment", "write_study", "TRAIN", "SEARCH", "SPACE", "POINTS",
            "SPACE_TRIALS", "PENDING", "AA_TRIAL", "AA_RESULT"]
 
@@ -116,10 +118,10 @@ def make_experiment(root: Path, name: str = "fake", running: bool = False,
               "points": POINTS if points else {}}
     path = root / name
     path.mkdir(parents=True)
-    meta = {"name": name, "created": "2026-11-25T14:48:57", "study_name": f"clustune-{name}",
-            "study_storage": f"sqlite:///{path / 'optuna.db'}", "config": config,
-            "base": {**TRAIN, "threads": 1}}
-    (path / "clustune.json").write_text(json.dumps(meta, indent=2))
+    meta = ExperimentMeta(name=name, created="2026-11-25T14:48:57", study_name=f"clustune-{name}",
+                          study_storage=f"sqlite:///{path / STUDY_FILE}", config=config,
+                          base={**TRAIN, "threads": 1})
+    (path / META_FILE).write_text(meta.model_dump_json(indent=2))
     trials = dict(SPACE_TRIALS)
     if points:
         trials = {tid: ({"point": point}, curve)
@@ -152,5 +154,5 @@ def make_experiment(root: Path, name: str = "fake", running: bool = False,
     state = {"trial_data": [[json.dumps({"trial_id": tid, "status": status}), "{}"]
                             for tid, status in statuses]}
     (path / "experiment_state-2026-11-25_14-48-58.json").write_text(json.dumps(state))
-    write_study(path, meta["study_name"], study)
+    write_study(path, meta.study_name, study)
     return FakeExperiment(path, trials, running)

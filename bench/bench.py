@@ -345,12 +345,11 @@ def machine() -> dict[str, Any]:
 
 
 def markdown(record: dict[str, Any]) -> str:
-    lines = ["| section | figure | value | unit | target | detail |", "|---|---|---|---|---|---|"]
-    for r in record["rows"]:
-        value = "-" if r["value"] is None else f"{r['value']:.3g}"
-        lines.append(f"| {r['section']} | {r['name'].strip()} | {value} | {r['unit']} | "
-                     f"{r['target']} | {r['detail']} |")
-    return "\n".join(lines)
+    from analysis import markdown_table
+
+    rows = [[r["section"], r["name"].strip(), "-" if r["value"] is None else f"{r['value']:.3g}",
+             r["unit"], str(r["target"]), r["detail"]] for r in record["rows"]]
+    return markdown_table(["section", "figure", "value", "unit", "target", "detail"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import optuna
 
+from analysis import markdown_table
+
 HERE = Path(__file__).resolve().parent
 TABLE = HERE / "search-table.json"
 RESULTS = HERE / "search-results.json"
@@ -319,9 +321,7 @@ def markdown(results: dict[str, Any]) -> str:
     header = ["method", "seeds reaching the target",
               f"trial-epochs to {target:.3f}: median [IQR]",
               *[f"best within {b} trial-epochs" for b in BUDGETS]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(header, rows)
 
 
 def svg(results: dict[str, Any], width: int = 720, height: int = 420) -> str:

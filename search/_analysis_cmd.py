@@ -60,7 +60,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     if storage is None:
         raise UsageError(f"{experiment.path} has no optuna.db yet; start the search first")
     console.print(f"Optuna dashboard:  http://{args.host}:{args.port}/dashboard  "
-                  f"(study {experiment.meta['study_name']}; Ctrl-C stops it)\n"
+                  f"(study {experiment.meta.study_name}; Ctrl-C stops it)\n"
                   f"TensorBoard:       tensorboard --logdir {experiment.path.uri}\n"
                   "Ray dashboard:     while a search runs, after pip install "
                   "'clustune[dashboard]'", markup=False)

@@ -69,14 +69,13 @@ def run_confirm(experiment_dir: str | Path | StoragePath, top: int = 1, seeds: i
         if seeds < 2:
             raise UsageError("--seeds must be at least 2 (an interval needs two)")
         points = _points(experiment, top, seeds, list(baselines or []))
-        s = experiment.meta["config"]["search"]
+        s = SearchConfig.model_validate(experiment.meta.config).search
         cfg = SearchConfig.model_validate({
             "description": f"confirmation of {experiment.name} across seeds",
             "train": {}, "points": points,
             "search": {"num_samples": len(points), "scheduler": "fifo",
-                       "max_concurrent": s.get("max_concurrent", 2),
-                       "cpus_per_trial": s.get("cpus_per_trial", 1),
-                       "gpus_per_trial": s.get("gpus_per_trial", 0),
+                       "max_concurrent": s.max_concurrent,
+                       "cpus_per_trial": s.cpus_per_trial, "gpus_per_trial": s.gpus_per_trial,
                        "final_top_k": len(points), "final_examples": examples}})
         run_search(cfg, folder, address)
     found = load_confirmations(experiment.path)

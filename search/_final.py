@@ -37,7 +37,7 @@ def select_trials(experiment: Experiment, top_k: int,
     ranked = experiment.proxy_ranked()
     if trial_ids:
         return [_named_trial(experiment, name) for name in trial_ids]
-    if experiment.meta["config"]["search"]["sampler"] in ("nsga2", "motpe"):
+    if experiment.meta.multi_objective:
         best = [t.best(experiment.metric, experiment.mode) for t in ranked]
         front = pareto_front([(b["val_clean_acc"], b["val_robust_acc"]) for b in best])
         return [t for t, on_front in zip(ranked, front, strict=True) if on_front]

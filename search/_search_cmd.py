@@ -26,7 +26,7 @@ from ._console import UsageError, console
 from ._driver import graceful_interrupts
 from ._final import final_table, run_final_stage
 from ._optuna import upload_study
-from ._spaces import SearchConfig, SearchSettings, check_inputs, load_search_config
+from ._spaces import SearchConfig, check_inputs, load_search_config
 from ._tuner import (
     build_tuner,
     check_gpus,
@@ -48,7 +48,7 @@ def _watch_hints(experiment: StoragePath, dashboard: str | None) -> None:
         console.print(f"Ray dashboard:     {dashboard}")
     console.print(f"TensorBoard:       tensorboard --logdir {experiment.uri}", markup=False)
     console.print(f"Optuna dashboard:  clustune dashboard {experiment.uri}  "
-                  f"(or optuna-dashboard {meta['study_storage']})", markup=False)
+                  f"(or optuna-dashboard {meta.study_storage})", markup=False)
     console.print(f"trial table:       clustune status {experiment.uri}", markup=False)
 
 
@@ -83,13 +83,12 @@ def _warm_starts(cfg: SearchConfig, experiment: StoragePath) -> None:
 def resume_search(experiment: str | Path | StoragePath, address: str | None = None,
                   num_cpus: int | None = None) -> Experiment:
     experiment = storage_path(experiment).check()
-    meta = read_meta(experiment)
-    check_gpus(meta["config"]["search"].get("gpus_per_trial", 0), address,
-               "the search's gpus_per_trial")
+    cfg = SearchConfig.model_validate(read_meta(experiment).config)
+    check_gpus(cfg.search.gpus_per_trial, address, "the search's gpus_per_trial")
     start_ray(address, num_cpus)
     tuner = restore_tuner(experiment)
     console.print(f"resuming {experiment}", markup=False)
-    _warm_starts(SearchConfig.model_validate(meta["config"]), experiment)
+    _warm_starts(cfg, experiment)
     return _fit(tuner, experiment)
 
 
@@ -110,7 +109,7 @@ def _fit(tuner, experiment_dir: StoragePath) -> Experiment:
                       f"continue it with `clustune resume {experiment_dir.uri}`", markup=False)
         return experiment
     console.print(f"search finished: {len(experiment.trials)} trials in {wall:.0f} s")
-    s = SearchSettings.model_validate(experiment.meta["config"]["search"])
+    s = SearchConfig.model_validate(experiment.meta.config).search
     if s.final_top_k:
         experiment = run_final_stage(experiment_dir, s.final_top_k, s.final_examples,
                                      gpus_per_task=min(1.0, s.gpus_per_trial))
@@ -118,8 +117,8 @@ def _fit(tuner, experiment_dir: StoragePath) -> Experiment:
 
 
 def _wanted_trials(experiment: Experiment) -> int:
-    cfg = experiment.meta["config"]
-    return len(cfg["points"]) or cfg["search"]["num_samples"]
+    cfg = SearchConfig.model_validate(experiment.meta.config)
+    return len(cfg.points) or cfg.search.num_samples
 
 
 def trial_table(experiment: Experiment, top: int | None = None) -> Table:

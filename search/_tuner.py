@@ -6,7 +6,6 @@ there as the search runs)."""
 from __future__ import annotations
 
 import functools
-import json
 import os
 import socket
 import time
@@ -19,7 +18,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from analysis import META_FILE, STUDY_FILE, read_meta, study_file, study_url
+from analysis import META_FILE, STUDY_FILE, ExperimentMeta, read_meta, study_file, study_url
 from trainable import StoragePath, resolve_trial_config
 
 from ._console import UsageError
@@ -161,10 +160,10 @@ def build_tuner(cfg: SearchConfig, experiment: StoragePath,
     study_name = f"clustune-{name}"
     own_study = s.study_storage is None
     study_storage = study_url(experiment) if own_study else s.study_storage
-    meta = {"name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "study_name": study_name, "study_storage": study_storage,
-            "config": cfg.model_dump(mode="json"), "base": cfg.base_dict()}
-    (experiment / META_FILE).atomic_write_text(json.dumps(meta, indent=2))
+    meta = ExperimentMeta(name=name, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                          study_name=study_name, study_storage=study_storage,
+                          config=cfg.model_dump(mode="json"), base=cfg.base_dict())
+    (experiment / META_FILE).atomic_write_text(meta.model_dump_json(indent=2))
     base = cfg.base_dict()
     if own_study:  # a new experiment: a study file left by an older one there is stale
         study_file(experiment).unlink(missing_ok=True)
@@ -220,8 +219,7 @@ def restore_tuner(experiment: StoragePath) -> tune.Tuner:
     """The Tuner of an interrupted search; finished trials are kept, unfinished ones continue.
     The study of an experiment in cloud storage is copied back to where the saved searcher
     expects it (:func:`analysis.study_file`)."""
-    meta = read_meta(experiment)
-    cfg = SearchConfig.model_validate(meta["config"])
+    cfg = SearchConfig.model_validate(read_meta(experiment).config)
     if not tune.Tuner.can_restore(experiment.uri):
         raise UsageError(f"{experiment} has no search state to resume yet")
     if not experiment.is_local and (experiment / STUDY_FILE).is_file():

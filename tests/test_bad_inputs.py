@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 
+from analysis import ExperimentMeta
 from search import SearchConfig
 from trainable import Trainer, build_config
 
@@ -156,6 +157,11 @@ CASES = [
     ("status-missing-folder", ["status", "{in}/nowhere"], "not a clustune experiment"),
     ("status-corrupt-meta", ["status", "{in}/corrupt"], "clustune.json is unreadable"),
     ("resume-corrupt-meta", ["resume", "{in}/corrupt"], "clustune.json is unreadable"),
+    ("status-future-meta", ["status", "{in}/future"],
+     "clustune.json is a clustune-experiment-v9 file; this clustune reads clustune-experiment-v1"),
+    ("report-misshapen-meta", ["report", "{in}/misshapen"],
+     "clustune.json is not a clustune experiment file (config: Input should be a valid "
+     "dictionary)"),
     ("evaluate-top-k-0", ["evaluate", "{in}/exp", "--top-k", "0"], "--top-k"),
     ("evaluate-corrupt-result", ["evaluate", "{in}/exp-final"], "not JSON"),
     ("evaluate-binary-result", ["evaluate", "{in}/exp-binary"], "not a text file"),
@@ -220,9 +226,14 @@ def inputs(tmp_path_factory) -> Path:
     cfg = SearchConfig.model_validate({"train": {"data": {"dataset": "digits"}},
                                        "points": {"default": {}}})
     (root / "exp").mkdir()
-    (root / "exp" / "clustune.json").write_text(json.dumps({
-        "name": "exp", "study_name": "clustune-exp", "config": cfg.model_dump(mode="json"),
-        "base": cfg.base_dict()}))
+    meta = ExperimentMeta(name="exp", created="2026-12-06T03:00:00", study_name="clustune-exp",
+                          study_storage="sqlite:///nowhere.db",
+                          config=cfg.model_dump(mode="json"), base=cfg.base_dict())
+    (root / "exp" / "clustune.json").write_text(meta.model_dump_json())
+    for name, change in (("future", {"format": "clustune-experiment-v9"}),
+                         ("misshapen", {"config": "points"})):
+        (root / name).mkdir()
+        (root / name / "clustune.json").write_text(json.dumps({**meta.model_dump(), **change}))
     for name, content in (("exp-final", b'{"clean_acc": 0.5, "cut'),
                           ("exp-binary", b"\x89PNG\r\n\x1a\n\xff\xfe"),
                           ("exp-foreign", b'{"accuracy": 0.5}')):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from search import cli
+from analysis import ExperimentMeta
+from search import SearchConfig, cli
 
 
 @pytest.fixture
@@ -106,7 +107,12 @@ def test_gpus_this_machine_lacks_are_refused_before_ray(tmp_path, capsys, no_ray
     assert not (tmp_path / "gpu").exists()
     experiment = tmp_path / "exp"
     experiment.mkdir()
-    (experiment / "clustune.json").write_text('{"config": {"search": {"gpus_per_trial": 1}}}')
+    cfg = SearchConfig.model_validate({"train": {"data": {"dataset": "digits"}},
+                                       "points": {"gpu": {}}, "search": {"gpus_per_trial": 1}})
+    meta = ExperimentMeta(name="exp", created="2026-12-06T03:00:00", study_name="clustune-exp",
+                          study_storage="sqlite:///nowhere.db",
+                          config=cfg.model_dump(mode="json"), base=cfg.base_dict())
+    (experiment / "clustune.json").write_text(meta.model_dump_json())
     code, err = _run(capsys, "evaluate", str(experiment), "--gpus-per-task", "0.5")
     assert code == 2 and "--gpus-per-task 0.5 asks for more GPUs" in err
     code, err = _run(capsys, "evaluate", str(experiment), "--gpus-per-task", "-1")

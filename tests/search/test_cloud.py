@@ -105,7 +105,7 @@ def test_a_search_in_a_bucket_on_two_nodes_survives_a_killed_driver(
 
     import optuna
 
-    study = optuna.load_study(study_name=experiment.meta["study_name"],
+    study = optuna.load_study(study_name=experiment.meta.study_name,
                               storage=experiment.study_storage)
     assert len(study.trials) == 3  # the study went with the experiment: the dashboard's view
     assert list(work.iterdir()) == [], "nothing is written to a local experiment folder"

@@ -45,7 +45,7 @@ def test_the_study_knows_what_asha_stopped(asha_experiment):
     """A trial ASHA stopped is PRUNED, one that ran its budget COMPLETE with its last value;
     both carry every epoch's value as an intermediate value (optuna-dashboard's curves)."""
     meta = read_meta(asha_experiment.path)
-    study = optuna.load_study(study_name=meta["study_name"], storage=meta["study_storage"])
+    study = optuna.load_study(study_name=meta.study_name, storage=meta.study_storage)
     assert len(study.trials) == 8
     by_params = {tuple(sorted(t.params.items())): t for t in study.trials}
     states = set()
@@ -154,12 +154,10 @@ def test_the_testing_helper_writes_what_a_search_writes(asha_experiment, tmp_pat
     from analysis.testing import SEARCH, make_experiment
 
     real = read_meta(asha_experiment.path)
-    fake = read_meta(make_experiment(tmp_path).path)
-    assert set(fake) == set(real)
-    assert set(fake["config"]) <= set(real["config"])
-    assert set(SEARCH) <= set(real["config"]["search"])
-    assert {k: type(v) for k, v in SEARCH.items()} == \
-        {k: type(real["config"]["search"][k]) for k in SEARCH}
+    fake = read_meta(make_experiment(tmp_path).path)  # a typed, validated ExperimentMeta too
+    assert set(fake.config) <= set(real.config)
+    assert set(SEARCH) <= set(real.search)
+    assert {k: type(v) for k, v in SEARCH.items()} == {k: type(real.search[k]) for k in SEARCH}
 
 
 def test_a_shared_rdb_study_is_used_instead_of_the_experiments_own(ray_session, tmp_path,
@@ -171,6 +169,6 @@ def test_a_shared_rdb_study_is_used_instead_of_the_experiments_own(ray_session, 
     data["train"]["optim"]["epochs"] = 1
     experiment = run_search(_config(data), tmp_path / "exp")
     assert not (tmp_path / "exp" / "optuna.db").exists()
-    assert experiment.study_storage == url == read_meta(experiment.path)["study_storage"]
-    study = optuna.load_study(study_name=experiment.meta["study_name"], storage=url)
+    assert experiment.study_storage == url == read_meta(experiment.path).study_storage
+    study = optuna.load_study(study_name=experiment.meta.study_name, storage=url)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
