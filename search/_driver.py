@@ -1,11 +1,17 @@
-"""The driver's side of a running search: a Ctrl-C that loses and repeats nothing, and faults
-injected at exact events for the tests.
+"""The driver's side of a running search: a Ctrl-C that loses and repeats nothing, a retry that
+keeps every recorded epoch, and faults injected at exact events for the tests.
 
 Ray Tune writes a trial's result before its checkpoint is recorded; stopped in between (its own
 Ctrl-C handling does that), a trial resumes from its previous checkpoint and runs the recorded
 epoch again. So clustune takes SIGINT itself: the first Ctrl-C waits until every running
 trial's last result has its checkpoint, then asks Tune to stop (SIGUSR1, Tune's own stop
 signal), which saves the search state and ends the run; a second Ctrl-C stops at once.
+
+The driver writes each trial's result.json (and progress.csv) in a staging folder and copies
+them to the experiment every few minutes; when a crashed trial restarts from its checkpoint,
+Ray first copies the experiment's copy back over the staging file, so rows written since the
+last copy vanished (seen as a retried trial whose first epochs were missing). So before a
+retry the staging files are copied to the experiment (:class:`CurrentResultsBeforeRetry`).
 
 The state lives in this module, not in the callbacks: Tune pickles its callbacks with the
 search and a resumed search runs the restored copies.
@@ -16,13 +22,16 @@ from __future__ import annotations
 import os
 import signal
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 from ray import tune
 
 from ._console import console
 
-__all__ = ["GracefulInterrupt", "DriverFault", "graceful_interrupts", "FAULT_ENV"]
+__all__ = ["GracefulInterrupt", "CurrentResultsBeforeRetry", "DriverFault",
+           "graceful_interrupts", "FAULT_ENV"]
 
 FAULT_ENV = "CLUSTUNE_DRIVER_FAULT"  # EVENT:N:ACTION, e.g. trial_result:3:sigint (tests)
 EVENTS = ("trial_result", "checkpoint", "trial_complete")
@@ -85,6 +94,21 @@ class GracefulInterrupt(tune.Callback):
         if _STATE.requested and not _STATE.signalled and not (_STATE.awaiting & running):
             _STATE.signalled = True
             os.kill(os.getpid(), signal.SIGUSR1)
+
+
+class CurrentResultsBeforeRetry(tune.Callback):
+    """Copies a recovering trial's staged result files to the experiment, so the copy Ray
+    restores them from when the trial restarts holds every row written so far."""
+
+    FILES = ("result.json", "progress.csv")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        storage = trial.storage
+        for name in self.FILES:
+            staged = Path(trial.local_path, name)
+            if staged.is_file():
+                pafs.copy_files(str(staged), f"{storage.trial_fs_path}/{name}",
+                                destination_filesystem=storage.storage_filesystem)
 
 
 class DriverFault(tune.Callback):

@@ -22,7 +22,7 @@ from analysis import META_FILE, STUDY_FILE, ExperimentMeta, read_meta, study_fil
 from trainable import StoragePath, resolve_trial_config
 
 from ._console import UsageError
-from ._driver import DriverFault, GracefulInterrupt
+from ._driver import CurrentResultsBeforeRetry, DriverFault, GracefulInterrupt
 from ._live import LiveView, quiet_ray_output
 from ._optuna import FidelityOptunaSearch
 from ._spaces import DEPENDENT, SearchConfig, suggest
@@ -200,7 +200,8 @@ def build_tuner(cfg: SearchConfig, experiment: StoragePath,
             num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric,
             checkpoint_score_order=s.mode, checkpoint_frequency=1, checkpoint_at_end=False),
         failure_config=tune.FailureConfig(max_failures=s.max_failures),
-        callbacks=[*(callbacks or []), GracefulInterrupt(), DriverFault(),
+        callbacks=[*(callbacks or []), GracefulInterrupt(), CurrentResultsBeforeRetry(),
+                   DriverFault(),
                    LiveView(len(cfg.points) or s.num_samples, s.metric, s.mode)],
         verbose=quiet_ray_output(verbose))
     return tune.Tuner(_trainable(cfg, experiment), tune_config=tune_config,

@@ -12,6 +12,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from ray import tune
 from rich.console import Console
 
 from analysis import export_experiment, load_experiment, write_report
@@ -140,3 +141,41 @@ def test_final_stage_killed_mid_evaluation_resumes(faults_experiment, clustune):
     # resumed after the clean pass, which it does not repeat; the last stage did run
     assert re.search(rf"final stage: {trial.trial_id}-\w+ adaptive \d+/\d+", out), out
     assert not re.search(r"final stage: \S+ clean \d+", out), out
+
+
+class _StaleCopyAtEpoch1(tune.Callback):
+    """What Ray's periodic copy of the staged result files can leave in the experiment: the
+    trial's result.json as it was before its first row (copied at the trial's start)."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if result["training_iteration"] == 1:
+            storage = trial.storage
+            with storage.storage_filesystem.open_output_stream(
+                    f"{storage.trial_fs_path}/result.json") as out:
+                out.write(b"")
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_a_retry_keeps_every_epoch_written_since_the_last_copy(ray_session, tmp_path,
+                                                              digits_search, monkeypatch, fixed):
+    """A crash at epoch 2 after the experiment's result.json was copied before epoch 1's row:
+    Ray restores the stale copy when the trial restarts. With the staged files copied to the
+    experiment first, the history is [1, 2, 3]; without, epoch 1 is lost (the failure once
+    seen in CI: a retried trial that 'ended after epoch 2')."""
+    from search import build_tuner
+    from search._driver import CurrentResultsBeforeRetry
+    from trainable import storage_path
+
+    if not fixed:
+        monkeypatch.setattr(CurrentResultsBeforeRetry, "on_trial_recover",
+                            lambda *args, **kwargs: None)
+    data = digits_search(scheduler="fifo", max_failures=1)
+    data.pop("space")
+    data["points"] = {"crash": {"fail_at_epoch": 2}}
+    data["train"]["optim"]["epochs"] = 3
+    experiment = storage_path(tmp_path / "exp")
+    build_tuner(SearchConfig.model_validate(data), experiment,
+                callbacks=[_StaleCopyAtEpoch1()]).fit()
+    (trial,) = load_experiment(experiment).trials
+    epochs = [r["training_iteration"] for r in trial.history]
+    assert epochs == ([1, 2, 3] if fixed else [2, 3])
