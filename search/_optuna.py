@@ -8,6 +8,11 @@ last value); both keep their per-epoch values as Optuna intermediate values, whi
 optuna-dashboard draws as learning curves. The study of an experiment in cloud storage is
 copied there each time Tune saves the searcher, so the copy is never older than the searcher's
 saved state (a resume elsewhere finds every trial the searcher knows).
+
+The study can also be newer than the saved search state: a driver killed after telling a
+trial's end to the study, before Tune saved its state, leaves a trial the resumed search runs
+again (deterministically, to the same values). Its reports to a trial the study has already
+finished are dropped, not a crash of the resumed search.
 """
 
 from __future__ import annotations
@@ -51,6 +56,12 @@ class FidelityOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self.study_copy = study_copy
 
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._completed_trials.add(trial_id)  # finished in the study before a resume
+
     def save(self, checkpoint_path: str) -> None:
         super().save(checkpoint_path)
         if self.study_copy:
@@ -62,10 +73,16 @@ class FidelityOptunaSearch(OptunaSearch):
         value = result.get(self.metric) if single and result else None
         if value is not None and trial_id not in self._completed_trials:
             # Tune hands the last epoch's result to on_trial_complete, not on_trial_result
-            self._ot_trials[trial_id].report(value, result["training_iteration"])
+            try:
+                self._ot_trials[trial_id].report(value, result["training_iteration"])
+            except optuna.exceptions.UpdateFinishedTrialError:
+                self._completed_trials.add(trial_id)  # finished in the study before a resume
         stopped = value is not None and not error and not result.get("trial_complete", True)
         if not stopped or trial_id in self._completed_trials:
-            super().on_trial_complete(trial_id, result, error)
+            try:
+                super().on_trial_complete(trial_id, result, error)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                self._completed_trials.add(trial_id)  # finished in the study before a resume
             return
         try:
             self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)

@@ -31,10 +31,6 @@ from ._trainable import ClusteringTrainable, train_warm_starts
 __all__ = ["start_ray", "embedded", "check_gpus", "build_tuner", "restore_tuner",
            "make_sampler", "max_epochs", "prepare_warm_starts"]
 
-# How often the driver copies Tune's own files (trial results, search state) to cloud storage,
-# so `clustune status` elsewhere, or a resume after a killed driver, is at most this far behind
-# (the Optuna study is copied whenever Tune saves the searcher, so it is never older)
-REMOTE_SYNC_S = 15
 # Settings the CE warm start depends on (search/_trainable.py's key): a search over any of them
 # cannot train its warm starts ahead of the trials
 WARM_START_INPUTS = ("data.", "model.", "fast.", "threads", "seed", "warm_start.", "batch_size")
@@ -194,8 +190,6 @@ def build_tuner(cfg: SearchConfig, experiment: StoragePath,
         reuse_actors=s.reuse_actors, **({} if multi else {"metric": s.metric, "mode": s.mode}))
     run_config = tune.RunConfig(
         name=name, storage_path=experiment.parent.uri,
-        sync_config=tune.SyncConfig(sync_period=5 * 60 if experiment.is_local
-                                    else REMOTE_SYNC_S),
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric,
             checkpoint_score_order=s.mode, checkpoint_frequency=1, checkpoint_at_end=False),

@@ -80,6 +80,35 @@ def test_diverging_trial_ends_with_its_reason_and_the_search_goes_on(faults_expe
     assert f"diverged: {nan.diverged}" in report
 
 
+def test_a_trial_the_study_finished_after_the_last_saved_state_runs_again(
+        tmp_path, digits_search, clustune, monkeypatch):
+    """The driver kills itself (SIGKILL) as the first trial ends: its end is in the Optuna
+    study, not in Tune's saved state (saved at the start, then every 10 s or so). The resume
+    runs that trial again without crashing on the finished study trial, and every trial ends
+    with each epoch once in its history."""
+    data = digits_search(num_samples=4, max_concurrent=1, scheduler="fifo")
+    data["train"]["optim"]["epochs"] = 2
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump(data))
+    exp_dir = tmp_path / "store" / "killed"
+    monkeypatch.setenv("CLUSTUNE_DRIVER_FAULT", "trial_complete:1:sigkill")  # exact event
+    driver = clustune("search", "--config", str(config), "--storage", str(tmp_path / "store"),
+                      "--name", "killed")
+    assert driver.wait(timeout=300) == -9, driver.log.read_text()
+    saved = [t for t in load_experiment(exp_dir).trials if t.status == "TERMINATED"]
+
+    monkeypatch.delenv("CLUSTUNE_DRIVER_FAULT")
+    resume = clustune("resume", str(exp_dir))
+    assert resume.wait(timeout=400) == 0, resume.log.read_text()
+    after = {t.trial_id: t for t in load_experiment(exp_dir).trials}
+    assert len(after) == 4, resume.log.read_text()
+    for trial in after.values():
+        assert trial.status == "TERMINATED", resume.log.read_text()
+        assert [r["training_iteration"] for r in trial.history] == [1, 2]
+    for trial in saved:  # kept as they were, not run again
+        assert after[trial.trial_id].history == trial.history
+
+
 def _state_statuses(path) -> dict[str, str]:
     """Trial statuses as the driver last saved them (what a resume starts from)."""
     try:
