@@ -23,6 +23,7 @@ from trainable import (
     ClustuneError,
     StoragePath,
     TrainConfig,
+    recorded_config,
     resolve_trial_config,
     storage_path,
 )
@@ -234,10 +235,11 @@ class Experiment:
         return f"sqlite:///{copy}"
 
     def trial_config(self, trial: TrialRecord) -> TrainConfig:
+        """The config the trial trained with (settings it ignored at their defaults)."""
         if self.configs is not None:
-            return TrainConfig.model_validate(self.configs[trial.trial_id])
-        return resolve_trial_config(self.meta.base, self.meta.points,
-                              trial.params)
+            return recorded_config(self.configs[trial.trial_id])
+        return resolve_trial_config(self.meta.base, self.meta.points, trial.params,
+                                    recorded=True)
 
     def final_results(self) -> list[dict[str, Any]]:
         """The final stage's AutoAttack results (final/<trial_id>-<head>.json), read on the first

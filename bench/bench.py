@@ -94,8 +94,12 @@ class Rows:
 
 
 def _config(*overrides: dict[str, Any]):
+    """FMNIST with overrides; an override's objective replaces the base's whole (a setting
+    only the base's variant uses would be refused)."""
     data: dict[str, Any] = FMNIST
     for o in overrides:
+        if "objective" in o:
+            data = {**data, "objective": {}}
         data = apply_overrides(data, o)
     return build_config(data)
 

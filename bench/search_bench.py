@@ -156,9 +156,13 @@ class Lookup:
         return (value - low) / (high - low) if high > low else 0.0
 
     def curve(self, params: dict[str, Any]) -> list[float]:
-        x = np.array([self._scale(n, params[n]) for n in self.names])
+        """A knob the trial did not draw (a conditional one its variant does not use) is no
+        distance."""
+        drawn = np.array([n in params for n in self.names])
+        x = np.array([self._scale(n, params[n]) if n in params else 0.0 for n in self.names])
         gap = np.abs(self.points - x)
         gap[:, self.categorical] = (gap[:, self.categorical] > 0).astype(float)
+        gap[:, ~drawn] = 0.0
         return self.curves[int(np.argmin((gap ** 2).sum(1)))]
 
 

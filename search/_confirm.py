@@ -3,8 +3,9 @@ audit each, and report the mean, spread and a 95 % interval per configuration.
 
 The retrained trials are a search over fixed points of its own, in EXPERIMENT/confirm: the
 same budget and warm-start rule as the search (the trials' recorded configs, only the seed
-changed; a baseline is the first configuration with its objective swapped), run as Ray
-trials and audited by the same final stage. Running the command again continues it.
+changed; a baseline is the first configuration with its objective replaced by the baseline's,
+TRADES keeping lambda as its beta), run as Ray trials and audited by the same final stage.
+Running the command again continues it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from analysis import (
     load_experiment,
     rank_trials,
 )
-from trainable import StoragePath
+from trainable import StoragePath, TrainConfig
 
 from ._console import UsageError, console
 from ._search_cmd import resume_search, run_search
@@ -44,10 +45,13 @@ def _points(experiment, top: int, seeds: int, baselines: list[str]) -> dict[str,
     points: dict[str, dict] = {}
     configs = {r.trial.trial_id: experiment.trial_config(r.trial) for r in chosen}
     first = next(iter(configs.values()))
-    for name in baselines:
-        baseline = first.model_copy(deep=True)
-        baseline.objective.variant = name
-        configs[name] = baseline
+    for name in baselines:  # the first configuration's budget, data, model and attack steps
+        data = first.model_dump(mode="json")
+        data["objective"] = {"variant": name}  # TRADES keeps lambda as its beta
+        if name == "trades":
+            data["objective"]["lam"] = first.objective.lam
+        data["attack"].pop("loss")  # the qtrades attack's loss: the baselines have their own
+        configs[name] = TrainConfig.model_validate(data)
     for name, cfg in configs.items():
         for i in range(1, seeds + 1):
             data = cfg.model_dump(mode="json")

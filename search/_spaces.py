@@ -31,7 +31,10 @@ __all__ = ["ParamSpec", "SearchSettings", "SearchConfig", "load_search_config",
 
 
 class ParamSpec(ConfigSection):
-    """One searched knob, named by its dotted TrainConfig path (e.g. clusters.k)."""
+    """One searched knob, named by its dotted TrainConfig path (e.g. clusters.k). ``when``
+    makes it conditional: drawn only when each named knob drew one of the listed values
+    (e.g. objective.consistency only for the qtrades variant, which alone uses it); otherwise
+    the trial keeps the base config's value."""
 
     type: Literal["int", "float", "categorical"]
     low: float | None = None
@@ -39,6 +42,7 @@ class ParamSpec(ConfigSection):
     log: bool = False
     step: float | None = Field(None, gt=0)
     choices: list[Any] | None = None
+    when: dict[str, list[Any]] = {}
 
     @model_validator(mode="after")
     def _bounds(self) -> ParamSpec:
@@ -97,6 +101,19 @@ class SearchConfig(ConfigSection):
             raise ValueError("give a search space or fixed points, not both")
         if not self.space and not self.points:
             raise ValueError("a search needs a space or points")
+        for name, spec in self.space.items():
+            if spec.when and name in DEPENDENT:
+                raise ValueError(f"space.{name}.when: {name} depends on K and cannot also be "
+                                 "conditional")
+            for other, values in spec.when.items():
+                target = self.space.get(other)
+                if target is None or target.when or target.type != "categorical" \
+                        or other in DEPENDENT:
+                    raise ValueError(f"space.{name}.when: {other} must be an unconditional "
+                                     "categorical knob of the space")
+                if not values or any(v not in target.choices for v in values):
+                    raise ValueError(f"space.{name}.when: {values} are not all choices of "
+                                     f"{other} ({target.choices})")
         return self
 
     def base_dict(self) -> dict[str, Any]:
@@ -143,11 +160,15 @@ def suggest(trial: optuna.Trial, cfg: SearchConfig, base: dict[str, Any]) -> dic
     """A trial's parameters (dotted config paths). Every Optuna draw has one fixed
     distribution: L and M are drawn as fractions of their feasible range (``NAME@fraction``;
     categorical ones as ``NAME@choice``, clamped) and resolved after K, whatever the order
-    of the space's keys; the resolved values are returned under their own names."""
+    of the space's keys; the resolved values are returned under their own names. A
+    conditional knob is drawn only when its ``when`` holds."""
     if cfg.points:
         return {"point": trial.suggest_categorical("point", list(cfg.points))}
     out = {name: _draw(trial, name, spec) for name, spec in sorted(cfg.space.items())
-           if name not in DEPENDENT}
+           if name not in DEPENDENT and not spec.when}
+    for name, spec in sorted(cfg.space.items()):  # conditions name unconditional knobs
+        if spec.when and all(out[k] in v for k, v in spec.when.items()):
+            out[name] = _draw(trial, name, spec)
     classes = DATASETS[base.get("data", {}).get("dataset", "fashion-mnist")].classes
     k = out.get("clusters.k", base.get("clusters", {}).get("k", 2))
     for name in DEPENDENT:

@@ -153,6 +153,9 @@ CASES = [
                                    "train.warm_start.checkpoint={in}/foreign.pt"],
      "not a clustune checkpoint"),
     # experiment folders
+    ("train-ignored-setting", ["train", *DIGITS, "--set", "objective.variant=magnet_adv",
+                               "--set", "objective.consistency=kl"],
+     "objective.consistency=kl would be ignored (used only with objective.variant=qtrades)"),
     ("resume-not-an-experiment", ["resume", "{in}/empty"], "not a clustune experiment"),
     ("status-missing-folder", ["status", "{in}/nowhere"], "not a clustune experiment"),
     ("status-corrupt-meta", ["status", "{in}/corrupt"], "clustune.json is unreadable"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainable import Trainer, apply_overrides, build_config
+from trainable import Trainer
 
 _spec = importlib.util.spec_from_file_location(
     "clustune_bench", Path(__file__).parents[1] / "bench" / "bench.py")
@@ -31,9 +31,9 @@ def _small_cnn_forward_flops(width: int, emb: int, classes: int, side: int = 28)
 def test_ce_step_flops_match_the_hand_count(width: int) -> None:
     """One CE step = forward + backward (2x forward), less the input gradient of the first
     convolution, which nothing asks for."""
-    cfg = build_config(apply_overrides(bench.FMNIST, {
+    cfg = bench._config({
         "data": {"train_subset": 2000}, "model": {"width": width, "embedding_dim": 32},
-        "objective": {"variant": "ce"}, "device": "cpu"}))
+        "objective": {"variant": "ce"}, "device": "cpu"})
     trainer = Trainer(cfg)
     f = _small_cnn_forward_flops(width, 32, 10)
     per_image = 3 * (f["conv1"] + f["rest"]) - f["conv1"]

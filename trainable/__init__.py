@@ -18,6 +18,7 @@ from ._config import (
     load_preset,
     parse_overrides,
     read_yaml,
+    recorded_config,
     resolve_trial_config,
     validation_message,
 )
@@ -41,15 +42,14 @@ from ._trainer import (
 )
 
 __all__ = [
-    "DATASETS", "EMPTY_CLASS_LOGIT", "HEADS", "OBJECTIVES",
-    "Backbone", "CheckpointError", "Classifier", "ClusterHead", "ClusterSampler", "Clusters",
-    "ClustuneError", "ConfigError", "ConfigSection", "DataError", "Dataset", "ImageData",
-    "MagnetLoss", "ResNet18", "SmallCNN", "StorageError", "StoragePath", "TrainConfig",
-    "Trainer", "TrainingDiverged",
+    "DATASETS", "EMPTY_CLASS_LOGIT", "HEADS", "OBJECTIVES", "Backbone", "CheckpointError",
+    "Classifier", "ClusterHead", "ClusterSampler", "Clusters", "ClustuneError", "ConfigError",
+    "ConfigSection", "DataError", "Dataset", "ImageData", "MagnetLoss", "ResNet18", "SmallCNN",
+    "StorageError", "StoragePath", "TrainConfig", "Trainer", "TrainingDiverged",
     "apply_overrides", "atomic_write_bytes", "atomic_write_text", "augment_batch",
-    "build_backbone", "build_config", "consistency", "embedding_margin_loss",
-    "fit_clusters", "frozen", "kmeans", "list_presets", "load_checkpoint", "load_classifier",
-    "load_config", "load_data", "load_dataset", "magnet_loss", "parse_overrides", "pgd_linf",
-    "load_preset", "read_yaml", "resolve_trial_config", "resolve_device", "storage_path",
+    "build_backbone", "build_config", "consistency", "embedding_margin_loss", "fit_clusters",
+    "frozen", "kmeans", "list_presets", "load_checkpoint", "load_classifier", "load_config",
+    "load_data", "load_dataset", "magnet_loss", "parse_overrides", "pgd_linf", "load_preset",
+    "read_yaml", "recorded_config", "resolve_trial_config", "resolve_device", "storage_path",
     "validation_message",
 ]

@@ -12,14 +12,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from ._datasets import DATASETS
 from ._errors import ClustuneError
 
 __all__ = ["ConfigError", "ConfigSection", "TrainConfig", "apply_overrides", "build_config",
            "list_presets", "load_config", "load_preset", "parse_overrides", "read_yaml",
-           "resolve_trial_config", "validation_message"]
+           "recorded_config", "resolve_trial_config", "validation_message"]
 
 CLUSTERING_VARIANTS = ("magnet", "qtrades", "magnet_adv")
 ADVERSARIAL_VARIANTS = ("pgd_at", "trades", "qtrades", "magnet_adv")
@@ -132,7 +139,7 @@ class TrainConfig(ConfigSection):
     fail_at_epoch: int | None = Field(None, ge=1)  # fault injection: raise once at this epoch
 
     @model_validator(mode="after")
-    def _consistent(self) -> TrainConfig:
+    def _consistent(self, info: ValidationInfo) -> TrainConfig:
         c, cl, obj = DATASETS[self.data.dataset].classes, self.clusters, self.objective
         if cl.l > c * cl.k:
             raise ValueError(f"clusters.l={cl.l} exceeds C*K={c * cl.k}")
@@ -148,11 +155,44 @@ class TrainConfig(ConfigSection):
             raise ValueError("objective.adv_mode=free has no CE term, so objective.lam_ce would "
                              "be ignored (and a learned head never trained); set it to 0 or "
                              "use adv_mode=pgd")
+        ignored = self.ignored_settings()
+        if ignored and not (info.context or {}).get(KEEP_IGNORED):
+            raise ValueError(ignored[0][1])
         if self.warm_start.checkpoint and self.warm_start.ce_epochs:
             raise ValueError("warm_start: give checkpoint or ce_epochs, not both")
         if self.data.dataset == "cifar10" and self.data.root is None and not self.data.download:
             raise ValueError("data.root must name the CIFAR-10 folder or archive for cifar10")
         return self
+
+    def ignored_settings(self) -> list[tuple[str, str]]:
+        """(dotted name, why) of each setting changed from its default that this config's
+        variant, optimiser or architecture would not use: refused rather than silently
+        dropped."""
+        obj, optim, arch = self.objective, self.optim, self.model.arch
+
+        def changed(section: ConfigSection, name: str) -> bool:
+            return getattr(section, name) != type(section).model_fields[name].default
+
+        rules = [  # (section, setting, ignored when, who uses it)
+            (obj, "consistency", obj.variant != "qtrades", "objective.variant=qtrades"),
+            (obj, "reduction", obj.variant != "qtrades", "objective.variant=qtrades"),
+            (self.attack, "loss", obj.variant != "qtrades", "objective.variant=qtrades"),
+            (obj, "lam", obj.variant in ("ce", "pgd_at", "magnet"),
+             "objective.variant trades, qtrades or magnet_adv"),
+            (obj, "lam_ce", obj.variant not in ("qtrades", "magnet_adv"),
+             "objective.variant qtrades or magnet_adv"),
+            (obj, "free_replays", obj.adv_mode != "free", "objective.adv_mode=free"),
+            (optim, "momentum", optim.optimizer != "sgd", "optim.optimizer=sgd"),
+            (optim, "batch_size", self.is_clustering,
+             "a non-clustering variant (clustering ones train on clusters.m x clusters.d)"),
+            (self.model, "width", arch != "small_cnn", "model.arch=small_cnn"),
+            (self.model, "embedding_dim", arch != "small_cnn", "model.arch=small_cnn"),
+        ]
+        section_of = {id(getattr(self, f)): f for f in type(self).model_fields}
+        return [(f"{section_of[id(section)]}.{name}",
+                 f"{section_of[id(section)]}.{name}={getattr(section, name)} would be ignored "
+                 f"(used only with {user})")
+                for section, name, unused, user in rules if unused and changed(section, name)]
 
     @property
     def is_clustering(self) -> bool:
@@ -261,9 +301,10 @@ def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str
 
 
 def resolve_trial_config(base: dict[str, Any], points: dict[str, dict[str, Any]],
-                         params: dict[str, Any]) -> TrainConfig:
+                         params: dict[str, Any], recorded: bool = False) -> TrainConfig:
     """A search trial's config: base, then its fixed point (params["point"], if any), then its
-    sampled knobs (dotted names such as "clusters.k")."""
+    sampled knobs (dotted names such as "clusters.k"). ``recorded``: a trial that has run, read
+    back with :func:`recorded_config`."""
     # NAME@...: the search's draw behind a resolved value (e.g. clusters.l@fraction), kept in
     # the trial's record; the value itself is under NAME
     params = {k: v for k, v in params.items() if "@" not in k}
@@ -276,7 +317,8 @@ def resolve_trial_config(base: dict[str, Any], points: dict[str, dict[str, Any]]
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return build_config(apply_overrides(merged, knobs))
+    data = apply_overrides(merged, knobs)
+    return recorded_config(data) if recorded else build_config(data)
 
 
 def build_config(data: dict[str, Any]) -> TrainConfig:
@@ -284,6 +326,26 @@ def build_config(data: dict[str, Any]) -> TrainConfig:
         return TrainConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(validation_message(err)) from None
+
+
+KEEP_IGNORED = "keep_ignored_settings"  # validation context: report them, do not refuse
+
+
+def recorded_config(data: dict[str, Any]) -> TrainConfig:
+    """The config a trial really trained with, from its record: a setting its variant ignored
+    (drawn by a search space from before conditional knobs, or written by an older clustune)
+    is reset to its default, which is what the trial used."""
+    try:
+        cfg = TrainConfig.model_validate(data, context={KEEP_IGNORED: True})
+    except ValidationError as err:
+        raise ConfigError(validation_message(err)) from None
+    if not cfg.ignored_settings():
+        return cfg
+    clean = cfg.model_dump(mode="json")
+    for dotted, _ in cfg.ignored_settings():
+        section, name = dotted.split(".")
+        clean[section].pop(name)
+    return build_config(clean)
 
 
 def load_config(preset: str | None = None, config_file: str | Path | None = None,

@@ -149,3 +149,41 @@ def test_categorical_l_and_m_are_clamped_to_the_clusters():
         assert params["clusters.l"] <= 10 * params["clusters.k"]
         assert params["clusters.l@choice"] in (2, 15, 30)
         resolve_trial_config(base, {}, params)
+
+
+def test_a_conditional_knob_is_drawn_only_when_its_condition_holds():
+    """cpu-ablation draws the consistency and the attack loss only for qtrades, the variant
+    that uses them; a magnet_adv trial keeps the base config's values (a refused config
+    otherwise: a setting the variant ignores)."""
+    cfg = load_search_config("cpu-ablation")
+    base = cfg.base_dict()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    variants = set()
+    for _ in range(60):
+        trial = study.ask()
+        params = suggest(trial, cfg, base)
+        qtrades = params["objective.variant"] == "qtrades"
+        assert ("objective.consistency" in params) == qtrades == ("attack.loss" in params)
+        assert ("objective.consistency" in trial.params) == qtrades  # Optuna sees the same
+        resolve_trial_config(base, {}, params)
+        variants.add(params["objective.variant"])
+        study.tell(trial, 0.0)
+    assert variants == {"qtrades", "magnet_adv"}
+
+
+@pytest.mark.parametrize("when,says", [
+    ({"objective.lam": [1.0]}, "must be an unconditional categorical knob"),
+    ({"objective.variant": ["ce"]}, "are not all choices of objective.variant"),
+    ({"clusters.q": ["x"]}, "must be an unconditional categorical knob"),
+])
+def test_a_condition_on_something_else_is_refused(tmp_path, when, says):
+    from trainable import ConfigError
+
+    space = {"objective.variant": {"type": "categorical", "choices": ["qtrades", "magnet_adv"]},
+             "objective.lam": {"type": "float", "low": 1.0, "high": 2.0},
+             "objective.consistency": {"type": "categorical", "choices": ["ce", "kl"],
+                                       "when": when}}
+    file = tmp_path / "s.yaml"
+    file.write_text(yaml.safe_dump({"train": {"data": {"dataset": "digits"}}, "space": space}))
+    with pytest.raises(ConfigError, match=says):
+        load_search_config(config_file=file)

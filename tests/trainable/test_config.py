@@ -102,6 +102,55 @@ def test_invalid_configs_raise_one_line_errors(data: dict, names: list[str]) -> 
     one_line_error(info, *names)
 
 
+@pytest.mark.parametrize("data,setting,used_with", [
+    ({"objective": {"variant": "magnet_adv", "consistency": "kl"}}, "objective.consistency=kl",
+     "objective.variant=qtrades"),
+    ({"objective": {"variant": "trades", "reduction": "sum"}}, "objective.reduction=sum",
+     "objective.variant=qtrades"),
+    ({"objective": {"variant": "pgd_at"}, "attack": {"loss": "mse"}}, "attack.loss=mse",
+     "objective.variant=qtrades"),
+    ({"objective": {"variant": "magnet", "lam": 2.0}}, "objective.lam=2.0", "trades"),
+    ({"objective": {"variant": "trades", "lam_ce": 1.0}}, "objective.lam_ce=1.0", "magnet_adv"),
+    ({"objective": {"free_replays": 8}}, "objective.free_replays=8", "adv_mode=free"),
+    ({"optim": {"momentum": 0.5}}, "optim.momentum=0.5", "optim.optimizer=sgd"),
+    ({"optim": {"batch_size": 64}}, "optim.batch_size=64", "non-clustering"),
+    ({"model": {"arch": "resnet18", "embedding_dim": 64}}, "model.embedding_dim=64",
+     "model.arch=small_cnn"),
+])
+def test_a_setting_the_config_would_ignore_is_refused(data, setting, used_with) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(data)
+    one_line_error(info, f"{setting} would be ignored", used_with)
+
+
+def test_the_same_settings_are_accepted_where_they_are_used() -> None:
+    build_config({"objective": {"variant": "qtrades", "consistency": "kl", "reduction": "sum",
+                                "lam_ce": 1.0}, "attack": {"loss": "mse"}})
+    build_config({"objective": {"variant": "trades", "lam": 2.0}})
+    build_config({"objective": {"variant": "magnet_adv", "adv_mode": "free",
+                                "free_replays": 8}})
+    build_config({"optim": {"optimizer": "sgd", "momentum": 0.5}})
+    build_config({"objective": {"variant": "pgd_at"}, "optim": {"batch_size": 64}})
+    # defaults left as they are never count as set: a baseline may share a clustering base
+    build_config({"objective": {"variant": "ce", "lam": 8.0, "consistency": "ce"}})
+
+
+def test_a_recorded_config_reads_ignored_settings_as_what_the_trial_used() -> None:
+    """Trials recorded before conditional spaces (results/cpu-ablation) drew a consistency for
+    magnet_adv, which ignored it: read back, the config says what the trial trained with."""
+    from trainable import recorded_config
+
+    record = {"objective": {"variant": "magnet_adv", "consistency": "kl", "lam": 2.0},
+              "attack": {"loss": "mse"}}
+    cfg = recorded_config(record)
+    assert (cfg.objective.consistency, cfg.attack.loss, cfg.objective.lam) == ("ce", "ce", 2.0)
+    assert not cfg.ignored_settings()
+    with pytest.raises(ConfigError, match="objective.consistency=kl would be ignored"):
+        build_config(record)  # a new config saying so is refused
+    with pytest.raises(ConfigError, match="clusters.l=99"):
+        recorded_config({"clusters": {"l": 99}})  # anything else is as strict as ever
+
+
 def test_learned_head_is_fine_with_lam_ce_or_for_linear_variants() -> None:
     build_config({"clusters": {"head": "learned"}, "objective": {"lam_ce": 0.5}})
     build_config({"clusters": {"head": "learned"}, "objective": {"variant": "ce"}})
