@@ -29,9 +29,10 @@ from ._results import (
     load_experiment,
     read_meta,
     study_file,
+    study_problem,
     study_url,
 )
-from ._tune_layout import TRIAL_STATE_FILE
+from ._tune_layout import TRIAL_STATE_FILE, search_state_problem
 
 __all__ = [
     "CONFIRM_DIR", "Confirmation", "EPOCHS_SCHEMA", "Experiment", "ExperimentError",
@@ -40,6 +41,6 @@ __all__ = [
     "TRIALS_SCHEMA", "TRIAL_STATE_FILE", "TrialRecord", "WARM_START_DIR", "best_configs",
     "evaluate_checkpoint", "evaluate_robustness", "export_experiment", "flags_of",
     "load_confirmations", "load_experiment", "load_result", "markdown_table", "pareto_front",
-    "rank_trials", "read_meta", "save_result", "study_file", "study_url", "worst_case",
-    "write_report",
+    "rank_trials", "read_meta", "save_result", "search_state_problem", "study_file",
+    "study_problem", "study_url", "worst_case", "write_report",
 ]

@@ -115,7 +115,7 @@ def _importances(experiment: Experiment) -> str:
     if experiment.exported:
         return _note("An export holds no Optuna study: the experiment folder's own report "
                      "shows the importances.")
-    storage = experiment.study_storage
+    storage = experiment.open_study()
     if storage is None:
         return _note("No optuna.db in the experiment folder yet.")
     try:

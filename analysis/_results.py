@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import shutil
+import sqlite3
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from ._tune_layout import checkpoint_epoch, checkpoint_files, read_tune_trials
 
 __all__ = ["TrialRecord", "Experiment", "ExperimentMeta", "load_experiment", "read_meta",
            "ExperimentError", "META_FILE", "META_FORMAT", "STUDY_FILE", "FINAL_DIR",
-           "WARM_START_DIR", "parse_meta", "study_file", "study_url"]
+           "WARM_START_DIR", "parse_meta", "study_file", "study_problem", "study_url"]
 
 # The experiment folder's own files, named here only (search writes them, analysis reads them);
 # the rest of the folder is Ray Tune's layout: TRIAL/params.json, TRIAL/result.json,
@@ -59,6 +60,22 @@ def study_file(experiment: str | Path | StoragePath) -> Path:
 def study_url(experiment: str | Path | StoragePath) -> str:
     """The Optuna storage URL of the study the search's driver writes."""
     return f"sqlite:///{study_file(experiment)}"
+
+
+def study_problem(file: Path) -> str | None:
+    """Why a local study file is not a readable Optuna study (None when it is), found without
+    writing to it: sqlite's own check, then Optuna's tables."""
+    try:
+        with sqlite3.connect(f"file:{file}?mode=ro", uri=True) as db:
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.Error as err:
+        return f"not an sqlite database ({err})"
+    if check != "ok":
+        return f"a damaged sqlite database ({check})"
+    if not {"studies", "trials", "version_info"} <= tables:
+        return "an sqlite database without Optuna's tables"
+    return None
 
 
 def _scratch_folder() -> Path:
@@ -217,22 +234,27 @@ class Experiment:
         """Read back from a Parquet export: no checkpoints, no Optuna study, summaries only."""
         return self.configs is not None
 
-    @property
-    def study_storage(self) -> str | None:
-        """The experiment's own optuna.db (so a copied or moved experiment reads its own study,
-        not the path recorded in clustune.json; one in a bucket is read from a local copy), or
-        the RDB URL of a shared study (``search.study_storage``); None before the study
-        exists."""
+    def open_study(self, required: bool = False) -> str | None:
+        """The Optuna storage URL of the experiment's own optuna.db (so a copied or moved
+        experiment reads its own study, not the path recorded in clustune.json; one in a
+        bucket is read from a local copy), or the RDB URL of a shared study
+        (``search.study_storage``); None before the study exists. A damaged file is skipped
+        with a warning, or, when ``required``, refused."""
         if self.meta.shared_study:
             return self.meta.shared_study  # an RDB server the search was pointed at
         stored = self.path / STUDY_FILE
         if not stored.is_file():
             return None
-        if stored.is_local:
-            return f"sqlite:///{stored.local}"
-        copy = _scratch_folder() / STUDY_FILE
-        stored.download(copy)
-        return f"sqlite:///{copy}"
+        local = stored.local if stored.is_local else _scratch_folder() / STUDY_FILE
+        if not stored.is_local:
+            stored.download(local)
+        problem = study_problem(local)
+        if problem and required:
+            raise ExperimentError(f"{stored} is {problem}")
+        if problem:
+            self._skip(stored, problem)
+            return None
+        return f"sqlite:///{local.resolve()}"
 
     def trial_config(self, trial: TrialRecord) -> TrainConfig:
         """The config the trial trained with (settings it ignored at their defaults)."""

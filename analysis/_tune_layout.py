@@ -9,15 +9,17 @@ line of result.json is ignored.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from trainable import StoragePath
 
 __all__ = ["TuneTrial", "read_tune_trials", "checkpoint_files", "checkpoint_epoch",
-           "TRIAL_STATE_FILE"]
+           "search_state_problem", "TRIAL_STATE_FILE"]
 
 TRIAL_STATE_FILE = "state.pt"  # what clustune's Trainable writes into each checkpoint folder
+log = logging.getLogger("clustune")
 
 
 @dataclass(frozen=True)
@@ -59,15 +61,31 @@ def checkpoint_epoch(state_file: StoragePath) -> int:
     return int(state_file.parent.name.split("_")[-1]) + 1
 
 
+def search_state_problem(path: StoragePath) -> str | None:
+    """Why Ray Tune's newest saved search state cannot be read (None when it can, or when
+    there is none yet)."""
+    states = path.glob("experiment_state-*.json")
+    if not states:
+        return None
+    try:
+        data = json.loads(states[-1].read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"{states[-1]} is unreadable ({err.__class__.__name__})"
+    if not isinstance(data, dict) or not isinstance(data.get("trial_data"), list):
+        return f"{states[-1]} is not a Ray Tune search state"
+    return None
+
+
 def _statuses(path: StoragePath) -> dict[str, tuple[str, str | None]]:
     """trial_id -> (status, error) from Ray Tune's newest experiment state file."""
+    problem = search_state_problem(path)
+    if problem:
+        log.warning(f"skipped {problem}: trial statuses unknown")
+        return {}
     states = path.glob("experiment_state-*.json")
     if not states:
         return {}
-    try:
-        data = json.loads(states[-1].read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
+    data = json.loads(states[-1].read_text())
     out = {}
     for entry in data.get("trial_data", []):
         try:

@@ -56,7 +56,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
     experiment = load_experiment(args.dir)
-    storage = experiment.study_storage
+    storage = experiment.open_study(required=True)
     if storage is None:
         raise UsageError(f"{experiment.path} has no optuna.db yet; start the search first")
     console.print(f"Optuna dashboard:  http://{args.host}:{args.port}/dashboard  "

@@ -30,6 +30,7 @@ from ._spaces import SearchConfig, check_inputs, load_search_config
 from ._tuner import (
     build_tuner,
     check_gpus,
+    check_resumable,
     embedded,
     prepare_warm_starts,
     restore_tuner,
@@ -83,7 +84,7 @@ def _warm_starts(cfg: SearchConfig, experiment: StoragePath) -> None:
 def resume_search(experiment: str | Path | StoragePath, address: str | None = None,
                   num_cpus: int | None = None) -> Experiment:
     experiment = storage_path(experiment).check()
-    cfg = SearchConfig.model_validate(read_meta(experiment).config)
+    cfg = check_resumable(experiment)
     check_gpus(cfg.search.gpus_per_trial, address, "the search's gpus_per_trial")
     start_ray(address, num_cpus)
     tuner = restore_tuner(experiment)

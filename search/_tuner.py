@@ -18,7 +18,16 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from analysis import META_FILE, STUDY_FILE, ExperimentMeta, read_meta, study_file, study_url
+from analysis import (
+    META_FILE,
+    STUDY_FILE,
+    ExperimentMeta,
+    read_meta,
+    search_state_problem,
+    study_file,
+    study_problem,
+    study_url,
+)
 from trainable import StoragePath, resolve_trial_config
 
 from ._console import UsageError
@@ -29,7 +38,7 @@ from ._spaces import DEPENDENT, SearchConfig, suggest
 from ._trainable import ClusteringTrainable, train_warm_starts
 
 __all__ = ["start_ray", "embedded", "check_gpus", "build_tuner", "restore_tuner",
-           "make_sampler", "max_epochs", "prepare_warm_starts"]
+           "make_sampler", "max_epochs", "prepare_warm_starts", "check_resumable"]
 
 # Settings the CE warm start depends on (search/_trainable.py's key): a search over any of them
 # cannot train its warm starts ahead of the trials
@@ -210,15 +219,37 @@ def _define_by_run(trial: optuna.Trial, cfg: SearchConfig, base: dict[str, Any]
     return {name: params[name] for name in DEPENDENT if name in params}
 
 
-def restore_tuner(experiment: StoragePath) -> tune.Tuner:
-    """The Tuner of an interrupted search; finished trials are kept, unfinished ones continue.
-    The study of an experiment in cloud storage is copied back to where the saved searcher
-    expects it (:func:`analysis.study_file`)."""
+def check_resumable(experiment: StoragePath) -> SearchConfig:
+    """The search config of an interrupted search, once its saved state and its Optuna study
+    are known to be readable (a one-line error otherwise, before Ray starts). The study of an
+    experiment in cloud storage is copied back to where the saved searcher expects it
+    (:func:`analysis.study_file`)."""
     cfg = SearchConfig.model_validate(read_meta(experiment).config)
     if not tune.Tuner.can_restore(experiment.uri):
         raise UsageError(f"{experiment} has no search state to resume yet")
-    if not experiment.is_local and (experiment / STUDY_FILE).is_file():
-        (experiment / STUDY_FILE).download(study_file(experiment))
+    problem = search_state_problem(experiment)
+    if problem:
+        raise UsageError(f"cannot resume: {problem}")
+    if cfg.search.study_storage is None:
+        local = study_file(experiment)
+        if not experiment.is_local and (experiment / STUDY_FILE).is_file():
+            (experiment / STUDY_FILE).download(local)
+        problem = study_problem(local) if local.is_file() else "missing"
+        if problem:
+            raise UsageError(f"cannot resume: the Optuna study {experiment / STUDY_FILE} is "
+                             f"{problem}")
+    return cfg
+
+
+def restore_tuner(experiment: StoragePath) -> tune.Tuner:
+    """The Tuner of an interrupted search (checked by :func:`check_resumable` first); finished
+    trials are kept, unfinished ones continue."""
+    cfg = SearchConfig.model_validate(read_meta(experiment).config)
     quiet_ray_output(verbose=False)  # the restored RunConfig keeps the search's verbosity
-    return tune.Tuner.restore(experiment.uri, trainable=_trainable(cfg, experiment),
-                              resume_unfinished=True, resume_errored=True)
+    try:
+        return tune.Tuner.restore(experiment.uri, trainable=_trainable(cfg, experiment),
+                                  resume_unfinished=True, resume_errored=True)
+    except Exception as err:  # noqa: BLE001 - Ray raises many kinds for a damaged saved state
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"cannot resume {experiment}: Ray Tune could not restore its saved "
+                         f"search state ({first[:200]})") from None

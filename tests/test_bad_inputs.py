@@ -170,7 +170,16 @@ CASES = [
     ("evaluate-binary-result", ["evaluate", "{in}/exp-binary"], "not a text file"),
     ("evaluate-foreign-result", ["evaluate", "{in}/exp-foreign"],
      "not a clustune-robustness-v1 result"),
-    ("dashboard-no-study", ["dashboard", "{in}/exp"], "no optuna.db"),
+    ("dashboard-no-study", ["dashboard", "{in}/exp"], "no optuna.db yet"),
+    ("dashboard-damaged-study", ["dashboard", "{in}/exp-study"],
+     "{in}/exp-study/optuna.db is not an sqlite database"),
+    ("resume-damaged-search-state", ["resume", "{in}/exp-state"],
+     "cannot resume: {in}/exp-state/experiment_state-2026-12-06_03-00-00.json is unreadable "
+     "(JSONDecodeError)"),
+    ("resume-damaged-study", ["resume", "{in}/exp-study"],
+     "cannot resume: the Optuna study {in}/exp-study/optuna.db is not an sqlite database"),
+    ("resume-damaged-tuner", ["resume", "{in}/exp-tuner"],
+     "Ray Tune could not restore its saved search state"),
     ("dashboard-bad-port", ["dashboard", "{in}/exp", "--port", "70000"], "not a TCP port"),
     ("export-out-under-a-file", ["export", "{in}/exp", "--out", "{in}/file.txt/x"],
      "cannot write"),
@@ -237,6 +246,21 @@ def inputs(tmp_path_factory) -> Path:
                          ("misshapen", {"config": "points"})):
         (root / name).mkdir()
         (root / name / "clustune.json").write_text(json.dumps({**meta.model_dump(), **change}))
+    import optuna
+
+    good_state = json.dumps({"trial_data": [], "runner_data": {}})
+    for name, state, study, tuner in (("exp-state", '{"trial_data": [', True, b"x"),
+                                      ("exp-study", good_state, False, b"x"),
+                                      ("exp-tuner", good_state, True, b"\x80\x04garbage")):
+        (root / name).mkdir()
+        (root / name / "clustune.json").write_text((root / "exp" / "clustune.json").read_text())
+        (root / name / "experiment_state-2026-12-06_03-00-00.json").write_text(state)
+        (root / name / "tuner.pkl").write_bytes(tuner)
+        if study:
+            optuna.create_study(study_name="clustune-exp",
+                                storage=f"sqlite:///{root / name / 'optuna.db'}")
+        else:
+            (root / name / "optuna.db").write_bytes(b"SQLite format 3\0 but cut short")
     for name, content in (("exp-final", b'{"clean_acc": 0.5, "cut'),
                           ("exp-binary", b"\x89PNG\r\n\x1a\n\xff\xfe"),
                           ("exp-foreign", b'{"accuracy": 0.5}')):
@@ -284,5 +308,5 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(argv, needle, inputs, r
     assert "Traceback" not in err
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("clustune: error:"), err
-    assert needle in lines[0]
+    assert needle.replace("{in}", str(inputs)) in lines[0]
     assert _snapshot(inputs, cwd) == before  # nothing created, changed or removed

@@ -300,3 +300,19 @@ def test_reading_commands_say_which_damaged_result_they_skip(fake_experiment, tm
     err = capsys.readouterr().err
     assert f"clustune: warning: skipped {damaged}: unreadable (JSONDecodeError)" in err
     assert err.count("skipped") == 1  # said once, however often the command reads the folder
+
+
+def test_reading_commands_go_on_without_a_damaged_study_or_search_state(fake_experiment,
+                                                                       tmp_path, capsys):
+    """report without a study's importances, status without Tune's trial statuses: each says
+    which file it skipped and why."""
+    fake = fake_experiment(tmp_path)
+    (fake.path / "optuna.db").write_bytes(b"SQLite format 3\0 but cut short")
+    state = fake.path / "experiment_state-2026-12-06_03-00-00.json"
+    state.write_text('{"trial_data": [')
+    assert main(["report", str(fake.path)]) == 0
+    err = capsys.readouterr().err
+    assert f"clustune: warning: skipped {fake.path / 'optuna.db'}: not an sqlite database" in err
+    assert main(["status", str(fake.path)]) == 0
+    err = capsys.readouterr().err
+    assert f"clustune: warning: skipped {state} is unreadable (JSONDecodeError)" in err

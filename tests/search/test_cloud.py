@@ -106,7 +106,7 @@ def test_a_search_in_a_bucket_on_two_nodes_survives_a_killed_driver(
     import optuna
 
     study = optuna.load_study(study_name=experiment.meta.study_name,
-                              storage=experiment.study_storage)
+                              storage=experiment.open_study())
     assert len(study.trials) == 3  # the study went with the experiment: the dashboard's view
     assert list(work.iterdir()) == [], "nothing is written to a local experiment folder"
 

@@ -169,6 +169,6 @@ def test_a_shared_rdb_study_is_used_instead_of_the_experiments_own(ray_session, 
     data["train"]["optim"]["epochs"] = 1
     experiment = run_search(_config(data), tmp_path / "exp")
     assert not (tmp_path / "exp" / "optuna.db").exists()
-    assert experiment.study_storage == url == read_meta(experiment.path).study_storage
+    assert experiment.open_study() == url == read_meta(experiment.path).study_storage
     study = optuna.load_study(study_name=experiment.meta.study_name, storage=url)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
