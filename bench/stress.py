@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = ["tests/search/test_faults.py", "tests/search/test_resume.py"]
+TESTS = ["tests/search/test_faults.py", "tests/search/test_resume.py", "tests/search/test_cloud.py"]
 
 
 def _round(index: int, keep: Path) -> dict[str, bool]:

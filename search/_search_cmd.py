@@ -84,8 +84,9 @@ def _warm_starts(cfg: SearchConfig, experiment: StoragePath) -> None:
 def resume_search(experiment: str | Path | StoragePath, address: str | None = None,
                   num_cpus: int | None = None) -> Experiment:
     experiment = storage_path(experiment).check()
-    cfg = check_resumable(experiment)
+    cfg = SearchConfig.model_validate(read_meta(experiment).config)
     check_gpus(cfg.search.gpus_per_trial, address, "the search's gpus_per_trial")
+    check_resumable(experiment, cfg)
     start_ray(address, num_cpus)
     tuner = restore_tuner(experiment)
     console.print(f"resuming {experiment}", markup=False)

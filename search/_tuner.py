@@ -219,12 +219,10 @@ def _define_by_run(trial: optuna.Trial, cfg: SearchConfig, base: dict[str, Any]
     return {name: params[name] for name in DEPENDENT if name in params}
 
 
-def check_resumable(experiment: StoragePath) -> SearchConfig:
-    """The search config of an interrupted search, once its saved state and its Optuna study
-    are known to be readable (a one-line error otherwise, before Ray starts). The study of an
-    experiment in cloud storage is copied back to where the saved searcher expects it
-    (:func:`analysis.study_file`)."""
-    cfg = SearchConfig.model_validate(read_meta(experiment).config)
+def check_resumable(experiment: StoragePath, cfg: SearchConfig) -> None:
+    """Refuse, in one line and before Ray starts, an interrupted search whose saved state or
+    Optuna study is not readable. The study of an experiment in cloud storage is copied back
+    to where the saved searcher expects it (:func:`analysis.study_file`)."""
     if not tune.Tuner.can_restore(experiment.uri):
         raise UsageError(f"{experiment} has no search state to resume yet")
     problem = search_state_problem(experiment)
@@ -238,7 +236,6 @@ def check_resumable(experiment: StoragePath) -> SearchConfig:
         if problem:
             raise UsageError(f"cannot resume: the Optuna study {experiment / STUDY_FILE} is "
                              f"{problem}")
-    return cfg
 
 
 def restore_tuner(experiment: StoragePath) -> tune.Tuner:
