@@ -198,6 +198,9 @@ def test_a_retry_keeps_every_epoch_written_since_the_last_copy(ray_session, tmp_
     if not fixed:
         monkeypatch.setattr(CurrentResultsBeforeRetry, "on_trial_recover",
                             lambda *args, **kwargs: None)
+    # no periodic snapshot of the search state (each copies the staged files, refreshing the
+    # stale copy): without it, a slow run could make the unfixed case pass by chance
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "3600")
     data = digits_search(scheduler="fifo", max_failures=1)
     data.pop("space")
     data["points"] = {"crash": {"fail_at_epoch": 2}}
