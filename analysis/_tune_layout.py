@@ -61,33 +61,36 @@ def checkpoint_epoch(state_file: StoragePath) -> int:
     return int(state_file.parent.name.split("_")[-1]) + 1
 
 
-def search_state_problem(path: StoragePath) -> str | None:
-    """Why Ray Tune's newest saved search state cannot be read (None when it can, or when
-    there is none yet)."""
+def _read_search_state(path: StoragePath) -> tuple[dict[str, Any] | None, str | None]:
+    """Ray Tune's newest saved search state, read once: (its data, None), (None, why it
+    cannot be read), or (None, None) before there is one."""
     states = path.glob("experiment_state-*.json")
     if not states:
-        return None
+        return None, None
     try:
         data = json.loads(states[-1].read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return f"{states[-1]} is unreadable ({err.__class__.__name__})"
+        return None, f"{states[-1]} is unreadable ({err.__class__.__name__})"
     if not isinstance(data, dict) or not isinstance(data.get("trial_data"), list):
-        return f"{states[-1]} is not a Ray Tune search state"
-    return None
+        return None, f"{states[-1]} is not a Ray Tune search state"
+    return data, None
+
+
+def search_state_problem(path: StoragePath) -> str | None:
+    """Why Ray Tune's newest saved search state cannot be read (None when it can, or when
+    there is none yet)."""
+    return _read_search_state(path)[1]
 
 
 def _statuses(path: StoragePath) -> dict[str, tuple[str, str | None]]:
     """trial_id -> (status, error) from Ray Tune's newest experiment state file."""
-    problem = search_state_problem(path)
+    data, problem = _read_search_state(path)
     if problem:
         log.warning(f"skipped {problem}: trial statuses unknown")
+    if data is None:
         return {}
-    states = path.glob("experiment_state-*.json")
-    if not states:
-        return {}
-    data = json.loads(states[-1].read_text())
     out = {}
-    for entry in data.get("trial_data", []):
+    for entry in data["trial_data"]:
         try:
             info = json.loads(entry[0]) if isinstance(entry, list) else entry
         except (TypeError, json.JSONDecodeError):

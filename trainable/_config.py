@@ -339,10 +339,11 @@ def recorded_config(data: dict[str, Any]) -> TrainConfig:
         cfg = TrainConfig.model_validate(data, context={KEEP_IGNORED: True})
     except ValidationError as err:
         raise ConfigError(validation_message(err)) from None
-    if not cfg.ignored_settings():
+    ignored = cfg.ignored_settings()
+    if not ignored:
         return cfg
     clean = cfg.model_dump(mode="json")
-    for dotted, _ in cfg.ignored_settings():
+    for dotted, _ in ignored:
         section, name = dotted.split(".")
         clean[section].pop(name)
     return build_config(clean)
