@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: search test bench lint data browser
+.PHONY: search test bench headline lint data browser
 
 search: $(STAMP) $(FASHION_MNIST)
 	$(BIN)/clustune search --preset quick $(ARGS)
@@ -16,6 +16,10 @@ test: $(STAMP) $(FASHION_MNIST) browser
 # benchmarks (docs/performance.md): prints a table, writes bench/results.json; about 20 minutes
 bench: $(STAMP) $(FASHION_MNIST)
 	$(BIN)/python bench/bench.py $(ARGS)
+
+# the headline of docs/results.md (bench/headline.sh): hours; running it again continues
+headline: $(STAMP) $(FASHION_MNIST)
+	CLUSTUNE=$(BIN)/clustune sh bench/headline.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -183,6 +183,16 @@ def load_result(path: str | Path | StoragePath) -> RobustnessResult:
 
 
 # ------------------------------------------------------------------ options and threat model
+def check_attacks(attacks: list[str]) -> list[str]:
+    """AutoAttack attack names for its "custom" version: known ones, each once (ValueError)."""
+    if unknown := [a for a in attacks if a not in ATTACKS]:
+        raise ValueError(f"unknown attack(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(ATTACKS)}")
+    if not attacks or len(set(attacks)) != len(attacks):
+        raise ValueError("name each attack once, e.g. apgd-ce,apgd-t")
+    return attacks
+
+
 def _check_options(version: str, norm: str, eps: float, attacks: list[str] | None,
                    budget: dict[str, int | None], batch_size: int, adaptive_steps: int) -> None:
     """Refuse contradictory or impossible settings before any work, with one-line messages."""
@@ -195,11 +205,7 @@ def _check_options(version: str, norm: str, eps: float, attacks: list[str] | Non
     if version == "custom":
         if not attacks:
             raise ValueError("version='custom' needs attacks, e.g. attacks=['apgd-ce', 'apgd-t']")
-        if unknown := [a for a in attacks if a not in ATTACKS]:
-            raise ValueError(f"unknown attack(s) {', '.join(unknown)}; choose from "
-                             f"{', '.join(ATTACKS)}")
-        if len(set(attacks)) != len(attacks):
-            raise ValueError(f"attacks {attacks} name an attack twice")
+        check_attacks(attacks)
     elif attacks is not None:
         raise ValueError(f"attacks apply to version='custom' only; version={version!r} runs "
                          "its own fixed ensemble")

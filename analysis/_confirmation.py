@@ -20,12 +20,14 @@ from scipy import stats
 from trainable import StoragePath, storage_path
 
 from ._ranking import flags_of, worst_case
-from ._results import META_FILE, load_experiment
+from ._results import EXPORT_TRIALS, META_FILE, load_experiment
 
-__all__ = ["Confirmation", "load_confirmations", "CONFIRM_DIR", "SEED_MARK"]
+__all__ = ["Confirmation", "load_confirmations", "has_confirmation", "CONFIRM_DIR", "SEED_MARK",
+           "STANDARD_ENSEMBLE"]
 
 CONFIRM_DIR = "confirm"
 SEED_MARK = "@seed"  # point names: CONFIG@seedN
+STANDARD_ENSEMBLE = ("apgd-ce", "apgd-t", "fab-t", "square")  # AutoAttack's standard version
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,14 @@ class Confirmation:
     values: tuple[float, ...]  # worst case over attacks and heads, per seed
     n_examples: int  # test images per evaluation (the smallest, if they differ)
     flagged_seeds: int  # seeds whose audit raised a demoting flag
+    attacks: tuple[str, ...]  # AutoAttack's attacks that every audit of it ran, in order
+
+    @property
+    def audit(self) -> str:
+        """What the audits ran, in words: the standard ensemble or the attacks by name."""
+        if self.attacks == STANDARD_ENSEMBLE:
+            return "AutoAttack (standard)"
+        return "AutoAttack's " + " + ".join(a.upper() for a in self.attacks)
 
     @property
     def mean(self) -> float:
@@ -59,20 +69,27 @@ class Confirmation:
     def summary(self) -> str:
         low, high = self.interval
         return (f"{self.mean:.3f} mean over {len(self.values)} seeds (sd {self.sd:.3f}, 95 % "
-                f"interval {low:.3f}-{high:.3f}, {self.n_examples} test images each)")
+                f"interval {low:.3f}-{high:.3f}, {self.n_examples} test images each, "
+                f"{self.audit})")
+
+
+def has_confirmation(path: str | Path | StoragePath) -> bool:
+    """Whether the experiment (or its export) at path holds a confirmation."""
+    folder = storage_path(path) / CONFIRM_DIR
+    return (folder / META_FILE).is_file() or (folder / EXPORT_TRIALS).is_file()
 
 
 def load_confirmations(path: str | Path | StoragePath) -> list[Confirmation]:
     """The confirmations in EXPERIMENT/confirm ([] when there is none), in the order `confirm`
     listed them (the ranking's configurations, then the baselines)."""
-    folder = storage_path(path) / CONFIRM_DIR
-    if not (folder / META_FILE).is_file():
+    if not has_confirmation(path):
         return []
-    experiment = load_experiment(folder)
+    experiment = load_experiment(storage_path(path) / CONFIRM_DIR)
     results: dict[str, list[dict[str, Any]]] = {}
     for r in experiment.final_results():
         results.setdefault(r["trial_id"], []).append(r)
     groups: dict[str, list[tuple[int, float, int, bool]]] = {}
+    ensembles: dict[str, list[list[str]]] = {}
     for trial in experiment.trials:
         point = str(trial.params.get("point", ""))
         config, mark, seed = point.rpartition(SEED_MARK)
@@ -83,8 +100,15 @@ def load_confirmations(path: str | Path | StoragePath) -> list[Confirmation]:
             int(seed), min(worst_case(r) for r in evaluated),
             min(r["n_examples"] for r in evaluated),
             any(f.demotes for r in evaluated for f in flags_of(r))))
+        ensembles.setdefault(config, []).extend(list(r["per_attack_acc"]) for r in evaluated)
     listed = [p.rpartition(SEED_MARK)[0] for p in experiment.meta.points]
     order = sorted(groups, key=lambda c: listed.index(c) if c in listed else len(listed))
     return [Confirmation(config, tuple(s for s, *_ in rows), tuple(v for _, v, _, _ in rows),
-                         min(n for _, _, n, _ in rows), sum(f for *_, f in rows))
+                         min(n for _, _, n, _ in rows), sum(f for *_, f in rows),
+                         _common(ensembles[config]))
             for config, rows in ((c, sorted(groups[c])) for c in order)]
+
+
+def _common(ensembles: list[list[str]]) -> tuple[str, ...]:
+    """The attacks every one of the ensembles ran, in the first one's order."""
+    return tuple(a for a in ensembles[0] if all(a in e for e in ensembles))

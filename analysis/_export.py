@@ -20,9 +20,17 @@ import yaml
 
 from trainable import StoragePath, storage_path
 
-from ._confirmation import Confirmation, load_confirmations
+from ._confirmation import CONFIRM_DIR, Confirmation, has_confirmation, load_confirmations
 from ._ranking import RankedTrial, rank_trials
-from ._results import Experiment, ExperimentError, TrialRecord, load_experiment, parse_meta
+from ._results import (
+    EXPORT_EPOCHS,
+    EXPORT_TRIALS,
+    Experiment,
+    ExperimentError,
+    TrialRecord,
+    load_experiment,
+    parse_meta,
+)
 
 __all__ = ["EXPORT_SCHEMA_VERSION", "TRIALS_SCHEMA", "EPOCHS_SCHEMA", "TRIAL_METRICS",
            "export_experiment", "best_configs"]
@@ -178,9 +186,12 @@ def export_experiment(path: str | Path | StoragePath, out: str | Path | StorageP
     be a local folder or a location in cloud storage."""
     experiment = load_experiment(path)
     out = storage_path(out) if out is not None else experiment.path / "export"
-    written = {"trials": out / "trials.parquet", "epochs": out / "epochs.parquet"}
+    written = {"trials": out / EXPORT_TRIALS, "epochs": out / EXPORT_EPOCHS}
     _parquet(_trials_table(experiment), written["trials"])
     _parquet(_epochs_table(experiment), written["epochs"])
+    if has_confirmation(experiment.path):  # `clustune confirm`'s trials, exported alike
+        confirmation = export_experiment(experiment.path / CONFIRM_DIR, out / CONFIRM_DIR)
+        written |= {f"{CONFIRM_DIR}.{kind}": file for kind, file in confirmation.items()}
     return written
 
 
@@ -207,14 +218,14 @@ def load_export(path: str | Path | StoragePath) -> Experiment:
     what `clustune report` needs to rebuild the tables from committed result files."""
     path = storage_path(path)
     try:
-        trials = pq.read_table((path / "trials.parquet").path, filesystem=path.fs)
-        epochs = pq.read_table((path / "epochs.parquet").path, filesystem=path.fs)
+        trials = pq.read_table((path / EXPORT_TRIALS).path, filesystem=path.fs)
+        epochs = pq.read_table((path / EXPORT_EPOCHS).path, filesystem=path.fs)
     except (OSError, pa.ArrowException) as err:
         raise ExperimentError(f"{path} holds no readable clustune export ({err})") from None
     metadata = trials.schema.metadata or {}
     schema = metadata.get(b"clustune.schema", b"").decode(errors="replace")
     if schema not in READABLE_SCHEMAS or b"clustune.meta" not in metadata:
-        raise ExperimentError(f"{path / 'trials.parquet'} is not a clustune export "
+        raise ExperimentError(f"{path / EXPORT_TRIALS} is not a clustune export "
                               f"({' or '.join(READABLE_SCHEMAS)}) carrying its experiment's "
                               "metadata (re-export the experiment)")
     histories: dict[str, list[dict[str, Any]]] = {}
@@ -233,7 +244,7 @@ def load_export(path: str | Path | StoragePath) -> Experiment:
                   if k.startswith("param.") and v is not None}
         records.append(TrialRecord(tid, path, row["status"], params, history, row["error"]))
         configs[tid] = json.loads(row["config_json"])
-    meta = parse_meta(metadata[b"clustune.meta"], path / "trials.parquet")
+    meta = parse_meta(metadata[b"clustune.meta"], path / EXPORT_TRIALS)
     return Experiment(path, meta, records, configs=configs,
                       finals=_finals_from(rows, trials.schema.names))
 

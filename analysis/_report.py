@@ -324,9 +324,10 @@ def _confirmation_table(experiment: Experiment) -> _Table | None:
         low, high = c.interval
         rows.append([c.config, str(len(c.values)), ", ".join(_pct(v) for v in c.values),
                      _pct(c.mean), _pct(c.sd), f"{_pct(low)}-{_pct(high)}", str(c.n_examples),
-                     str(c.flagged_seeds)])
+                     c.audit, str(c.flagged_seeds)])
     return _Table(["configuration", "seeds", "per seed (%)", "mean (%)", "sd (points)",
-                   "95 % interval (%)", "test images", "flagged seeds"], rows, (1, 3, 4, 6, 7),
+                   "95 % interval (%)", "test images", "audit", "flagged seeds"], rows,
+                  (1, 3, 4, 6, 8),
                   "clustune confirm: each configuration retrained with new seeds at the search's "
                   "budget and audited (worst case over every attack and head); the interval is "
                   "a t-interval of the mean over seeds.")

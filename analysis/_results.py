@@ -33,6 +33,7 @@ from ._tune_layout import checkpoint_epoch, checkpoint_files, read_tune_trials
 
 __all__ = ["TrialRecord", "Experiment", "ExperimentMeta", "load_experiment", "read_meta",
            "ExperimentError", "META_FILE", "META_FORMAT", "STUDY_FILE", "FINAL_DIR",
+           "EXPORT_TRIALS", "EXPORT_EPOCHS",
            "WARM_START_DIR", "parse_meta", "study_file", "study_problem", "study_url"]
 
 # The experiment folder's own files, named here only (search writes them, analysis reads them);
@@ -43,6 +44,8 @@ META_FORMAT = "clustune-experiment-v1"
 STUDY_FILE = "optuna.db"  # the Optuna study (sqlite)
 FINAL_DIR = "final"  # the final stage: final/TRIAL-HEAD.json, in analysis's result schema
 WARM_START_DIR = "warm_start"  # the shared CE warm starts: warm_start/KEY.pt
+EXPORT_TRIALS = "trials.parquet"  # `clustune export`: one row per trial (analysis._export)
+EXPORT_EPOCHS = "epochs.parquet"  # and one row per trial and epoch
 
 
 def study_file(experiment: str | Path | StoragePath) -> Path:
@@ -335,7 +338,7 @@ def load_experiment(path: str | Path | StoragePath) -> Experiment:
     its per-epoch history and status; path may also be a folder `clustune export` wrote
     (trials.parquet and epochs.parquet)."""
     path = storage_path(path)
-    if not (path / META_FILE).is_file() and (path / "trials.parquet").is_file():
+    if not (path / META_FILE).is_file() and (path / EXPORT_TRIALS).is_file():
         from ._export import load_export  # the export module builds on this one
 
         return load_export(path)

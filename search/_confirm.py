@@ -27,7 +27,7 @@ from analysis import (
 )
 from trainable import StoragePath, TrainConfig
 
-from ._console import UsageError, console
+from ._console import UsageError, attack_list, console
 from ._search_cmd import resume_search, run_search
 from ._spaces import SearchConfig
 
@@ -62,8 +62,10 @@ def _points(experiment, top: int, seeds: int, baselines: list[str]) -> dict[str,
 
 def run_confirm(experiment_dir: str | Path | StoragePath, top: int = 1, seeds: int = 3,
                 baselines: list[str] | None = None, examples: int = 500,
-                address: str | None = None) -> list[Confirmation]:
-    """Retrain, audit and summarise (module docstring); continues an unfinished run."""
+                address: str | None = None,
+                attacks: list[str] | None = None) -> list[Confirmation]:
+    """Retrain, audit and summarise (module docstring); continues an unfinished run.
+    ``attacks`` audits with those AutoAttack attacks instead of its standard ensemble."""
     experiment = load_experiment(experiment_dir)
     folder = experiment.path / CONFIRM_DIR
     if (folder / META_FILE).is_file():
@@ -80,7 +82,8 @@ def run_confirm(experiment_dir: str | Path | StoragePath, top: int = 1, seeds: i
             "search": {"num_samples": len(points), "scheduler": "fifo",
                        "max_concurrent": s.max_concurrent,
                        "cpus_per_trial": s.cpus_per_trial, "gpus_per_trial": s.gpus_per_trial,
-                       "final_top_k": len(points), "final_examples": examples}})
+                       "final_top_k": len(points), "final_examples": examples,
+                       "final_attacks": attacks}})
         run_search(cfg, folder, address)
     found = load_confirmations(experiment.path)
     console.print(confirmation_table(found, experiment.name))
@@ -91,14 +94,14 @@ def confirmation_table(found: list[Confirmation], name: str) -> Table:
     table = Table(title=f"{name}: audited robust accuracy across seeds (worst case over "
                   "attacks and heads, test set)")
     for col in ("configuration", "seeds", "per seed", "mean", "sd", "95 % interval", "images",
-                "flagged seeds"):
+                "audit", "flagged seeds"):
         table.add_column(col)
     for c in found:
         low, high = c.interval
         table.add_row(c.config, str(len(c.values)), ", ".join(f"{v:.3f}" for v in c.values),
                       f"{c.mean:.3f}", "-" if math.isnan(c.sd) else f"{c.sd:.3f}",
                       "-" if math.isnan(low) else f"{low:.3f}-{high:.3f}", str(c.n_examples),
-                      str(c.flagged_seeds))
+                      c.audit, str(c.flagged_seeds))
     return table
 
 
@@ -106,7 +109,7 @@ def _cmd_confirm(args: argparse.Namespace) -> int:
     if args.top < 1 or args.examples < 1:
         raise UsageError("--top and --examples must be at least 1")
     run_confirm(args.dir, args.top, args.seeds, args.baseline or [], args.examples,
-                args.address)
+                args.address, args.attacks)
     return 0
 
 
@@ -124,5 +127,8 @@ def add_confirm_command(sub) -> None:
                    help="also confirm this baseline at the same budget (repeatable)")
     p.add_argument("--examples", type=int, default=500, help="test images per audit "
                    "(default 500)")
+    p.add_argument("--attacks", type=attack_list, metavar="A,B",
+                   help="audit with these AutoAttack attacks instead of its standard ensemble, "
+                   "e.g. apgd-ce,apgd-t (docs/evaluation.md: when that is enough)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or embedded)")
     p.set_defaults(func=_cmd_confirm)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -9,11 +10,12 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from analysis import check_attacks
 from trainable import ClustuneError
 
 console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
-__all__ = ["console", "UsageError", "progress_bar", "format_metrics"]
+__all__ = ["console", "UsageError", "progress_bar", "format_metrics", "attack_list"]
 
 
 class UsageError(ClustuneError):
@@ -49,3 +51,11 @@ def format_metrics(m: dict, keys: tuple[str, ...]) -> str:
             v = m[k]
             parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
     return "  ".join(parts)
+
+
+def attack_list(text: str) -> list[str]:
+    """An --attacks value: AutoAttack attack names, comma-separated, each once."""
+    try:
+        return check_attacks([a.strip() for a in text.split(",") if a.strip()])
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None

@@ -61,13 +61,15 @@ def _heads_for(cfg: TrainConfig, heads: list[str] | None) -> list[str]:
     return heads or [cfg.clusters.head]
 
 
-def _already_done(result: StoragePath, examples: int, version: str) -> bool:
-    """A finished evaluation of the same version on at least as many images is kept (the
-    larger one is the better estimate); a smaller one or another version is re-run."""
+def _already_done(result: StoragePath, examples: int, version: str,
+                  attacks: list[str] | None) -> bool:
+    """A finished evaluation of the same version (and attacks) on at least as many images is
+    kept (the larger one is the better estimate); a smaller or another one is re-run."""
     if not result.is_file():
         return False
     done = load_result(result)
-    return done.n_examples >= examples and done.version == version
+    return (done.n_examples >= examples and done.version == version
+            and (attacks is None or done.attacks == attacks))
 
 
 @ray.remote(num_cpus=0)
@@ -85,8 +87,9 @@ class ProgressBoard:
 
 
 @ray.remote
-def _evaluate(checkpoint: str, head: str, examples: int, version: str, result_path: str,
-              state_path: str, board: ray.actor.ActorHandle) -> str:
+def _evaluate(checkpoint: str, head: str, examples: int, version: str,
+              attacks: list[str] | None, result_path: str, state_path: str,
+              board: ray.actor.ActorHandle) -> str:
     """One AutoAttack evaluation inside a Ray worker; its progress goes to the board."""
     import torch
 
@@ -100,8 +103,8 @@ def _evaluate(checkpoint: str, head: str, examples: int, version: str, result_pa
         board.post.remote(name, stage, done, total)
 
     result = evaluate_checkpoint(checkpoint, head=None if head == "linear" else head,
-                                 examples=examples, version=version, device=device,
-                                 state_path=state_path, progress=progress)
+                                 examples=examples, version=version, attacks=attacks,
+                                 device=device, state_path=state_path, progress=progress)
     save_result(result, result_path)
     storage_path(state_path).unlink(missing_ok=True)
     return result_path
@@ -109,8 +112,16 @@ def _evaluate(checkpoint: str, head: str, examples: int, version: str, result_pa
 
 def run_final_stage(experiment_dir: str | Path | StoragePath, top_k: int, examples: int,
                     trial_ids: list[str] | None = None, heads: list[str] | None = None,
-                    version: str = "standard", gpus_per_task: float = 0) -> Experiment:
-    """Evaluate the selected trials (skipping finished evaluations) and print the table."""
+                    version: str = "standard", gpus_per_task: float = 0,
+                    attacks: list[str] | None = None) -> Experiment:
+    """Evaluate the selected trials (skipping finished evaluations) and print the table.
+    ``attacks`` runs those AutoAttack attacks (its "custom" version) instead of ``version``'s
+    ensemble."""
+    if attacks and version != "standard":
+        raise UsageError(f"attacks {', '.join(attacks)} replace version {version}'s ensemble: "
+                         "give one of the two")
+    version = "custom" if attacks else version
+    audit = "+".join(attacks) if attacks else version
     experiment = load_experiment(experiment_dir)
     chosen = select_trials(experiment, top_k, trial_ids)
     if not chosen:
@@ -126,13 +137,13 @@ def run_final_stage(experiment_dir: str | Path | StoragePath, top_k: int, exampl
             continue
         for head in _heads_for(experiment.trial_config(trial), heads):
             result = out / f"{trial.trial_id}-{head}.json"
-            if _already_done(result, examples, version):
+            if _already_done(result, examples, version, attacks):
                 continue
-            state = out / f"{trial.trial_id}-{head}-{version}-{examples}.state"
+            state = out / f"{trial.trial_id}-{head}-{audit}-{examples}.state"
             pending.append(_evaluate.options(num_cpus=1, num_gpus=gpus_per_task).remote(
-                ckpt.uri, head, examples, version, result.uri, state.uri, board))
+                ckpt.uri, head, examples, version, attacks, result.uri, state.uri, board))
     if pending:
-        console.print(f"final stage: AutoAttack ({version}) on {examples} test images for "
+        console.print(f"final stage: AutoAttack ({audit}) on {examples} test images for "
                       f"{len(pending)} evaluation(s) -> {out}", markup=False)
     _wait_with_progress(pending, board)
     ray.kill(board)

@@ -22,7 +22,7 @@ from analysis import (
 )
 from trainable import StoragePath, storage_path
 
-from ._console import UsageError, console
+from ._console import UsageError, attack_list, console
 from ._driver import graceful_interrupts
 from ._final import final_table, run_final_stage
 from ._optuna import upload_study
@@ -114,7 +114,8 @@ def _fit(tuner, experiment_dir: StoragePath) -> Experiment:
     s = SearchConfig.model_validate(experiment.meta.config).search
     if s.final_top_k:
         experiment = run_final_stage(experiment_dir, s.final_top_k, s.final_examples,
-                                     gpus_per_task=min(1.0, s.gpus_per_trial))
+                                     gpus_per_task=min(1.0, s.gpus_per_trial),
+                                     attacks=s.final_attacks)
     return experiment
 
 
@@ -186,13 +187,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     read_meta(experiment_dir)
     if args.top_k < 1 or args.examples < 1:
         raise UsageError("--top-k and --examples must be at least 1")
+    if args.attacks and args.version:
+        raise UsageError("--attacks replaces --version's ensemble: give one of the two")
     for result in (experiment_dir / FINAL_DIR).glob("*.json"):
         load_result(result)  # a damaged result is refused before Ray starts, not overwritten
     check_gpus(args.gpus_per_task, args.address, "--gpus-per-task")
     start_ray(args.address)
     start = time.perf_counter()
     run_final_stage(experiment_dir, args.top_k, args.examples, args.trial or None,
-                    args.head or None, args.version, args.gpus_per_task)
+                    args.head or None, args.version or "standard", args.gpus_per_task,
+                    args.attacks)
     console.print(f"final stage: {time.perf_counter() - start:.0f} s")
     return 0
 
@@ -252,8 +256,11 @@ def add_search_commands(sub, add_config_args) -> None:
     p.add_argument("--examples", type=int, default=500, help="test images (default 500)")
     p.add_argument("--head", action="append", choices=["raw", "logprob", "learned"],
                    help="judge clustering trials on this head (repeatable; default: their own)")
-    p.add_argument("--version", choices=["standard", "plus"], default="standard",
+    p.add_argument("--version", choices=["standard", "plus"],
                    help="AutoAttack version (default standard)")
+    p.add_argument("--attacks", type=attack_list, metavar="A,B",
+                   help="run these AutoAttack attacks at its own budgets instead of a version's "
+                   "ensemble, e.g. apgd-ce,apgd-t (docs/evaluation.md: when that is enough)")
     p.add_argument("--gpus-per-task", type=float, default=0, help="GPUs per evaluation")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or embedded)")
     p.set_defaults(func=_cmd_evaluate)

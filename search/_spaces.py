@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from analysis import check_attacks
 from trainable import (
     DATASETS,
     ConfigError,
@@ -78,9 +79,17 @@ class SearchSettings(ConfigSection):
     tpe_startup: int | None = Field(None, ge=1)  # random trials first; None: N/3 within 2-10
     final_top_k: int = Field(2, ge=0)  # trials re-evaluated with AutoAttack at the end (0: off)
     final_examples: int = Field(500, ge=1)  # test images per final evaluation
+    # AutoAttack's attacks the final stage runs, in order, at AutoAttack's own budgets (its
+    # "custom" version), e.g. [apgd-ce, apgd-t]; None: the whole standard ensemble
+    final_attacks: list[str] | None = None
     # an Optuna RDB URL (postgresql://..., mysql://...) for a study shared between users;
     # None: the experiment's own optuna.db
     study_storage: str | None = Field(None, pattern=r"^[a-z0-9+]+://")
+
+    @field_validator("final_attacks")
+    @classmethod
+    def _known_attacks(cls, attacks: list[str] | None) -> list[str] | None:
+        return None if attacks is None else check_attacks(attacks)
 
     @property
     def multi_objective(self) -> bool:

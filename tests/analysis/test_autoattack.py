@@ -251,7 +251,7 @@ def test_result_json_round_trip_keeps_every_field(backbone, clusters, digits, tm
     ({"attacks": ["apgd-ce"]}, "version='custom' only"),
     ({"version": "plus", "attacks": ["apgd-ce"]}, "version='custom' only"),
     ({"version": "custom", "attacks": ["pgd"]}, "unknown attack"),
-    ({"version": "custom", "attacks": ["square", "square"]}, "twice"),
+    ({"version": "custom", "attacks": ["square", "square"]}, "each attack once"),
     ({"n_iter": 5}, "version='custom' only"),
     ({"version": "custom", "attacks": ["square"], "n_queries": 0}, "at least 1"),
     ({"version": "fast"}, "unknown version"),

@@ -35,6 +35,10 @@ def _run(capsys, *argv: str) -> tuple[int, str]:
       "search": {"metric": "val_nonsense"}}, "val_nonsense"),
     ({"space": {"clusters.k": {"type": "int", "low": 1, "high": 2}},
       "search": {"num_samples": 0}}, "num_samples"),
+    ({"space": {"clusters.k": {"type": "int", "low": 1, "high": 2}},
+      "search": {"final_attacks": ["apgd-ce", "pgd"]}}, "unknown attack(s) pgd"),
+    ({"space": {"clusters.k": {"type": "int", "low": 1, "high": 2}},
+      "search": {"final_attacks": []}}, "name each attack once"),
     ({"search": {"num_samples": 2}}, "space or points"),
     ({"points": {"a": {"clusters": {"l": 99}}}}, "points.a"),
 ])
@@ -119,3 +123,25 @@ def test_gpus_this_machine_lacks_are_refused_before_ray(tmp_path, capsys, no_ray
     assert code == 2 and "--gpus-per-task must be at least 0" in err
     code, err = _run(capsys, "resume", str(experiment))
     assert code == 2 and "the search's gpus_per_trial 1 asks for more GPUs" in err
+
+
+def test_contradictory_or_unknown_audit_attacks_are_refused(tmp_path, capsys, no_ray):
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    cfg = SearchConfig.model_validate({"train": {"data": {"dataset": "digits"}},
+                                       "points": {"a": {}}})
+    meta = ExperimentMeta(name="exp", created="2026-12-06T03:00:00", study_name="clustune-exp",
+                          study_storage="sqlite:///nowhere.db",
+                          config=cfg.model_dump(mode="json"), base=cfg.base_dict())
+    (experiment / "clustune.json").write_text(meta.model_dump_json())
+    code, err = _run(capsys, "evaluate", str(experiment), "--version", "plus",
+                     "--attacks", "apgd-ce,apgd-t")
+    assert code == 2 and "--attacks replaces --version's ensemble" in err
+    for command in ("evaluate", "confirm"):
+        for value, needle in (("apgd-ce,pgd", "unknown attack(s) pgd"),
+                              ("apgd-t,apgd-t", "name each attack once"), (",", "once")):
+            with pytest.raises(SystemExit) as exit_info:  # refused by the argument parser
+                cli.main([command, str(experiment), "--attacks", value])
+            err = capsys.readouterr().err.strip()
+            assert exit_info.value.code == 2 and needle in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in experiment.iterdir()) == ["clustune.json"]

@@ -1,6 +1,7 @@
 """`clustune confirm` on digits: the best configuration and a baseline retrained with new seeds
-as Ray trials, audited, summarised as mean, sd and a 95 % interval; shown by status, best and
-report; running it again continues instead of retraining."""
+as Ray trials, audited (with APGD-CE + APGD-T, the cheaper audit for repeats), summarised as
+mean, sd and a 95 % interval; shown by status, best and report, and carried by the export;
+running it again continues instead of retraining."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import statistics
 
 import pytest
 
-from analysis import best_configs, load_experiment, write_report
+from analysis import (
+    best_configs,
+    export_experiment,
+    load_confirmations,
+    load_experiment,
+    write_report,
+)
 from search import SearchConfig, run_search
 from search._confirm import run_confirm
 from search.cli import main
@@ -24,8 +31,12 @@ def confirmed(ray_session, tmp_path_factory, digits_search):
     data["train"]["optim"]["epochs"] = 2
     path = tmp_path_factory.mktemp("confirm") / "exp"
     run_search(SearchConfig.model_validate(data), path)
-    found = run_confirm(path, top=1, seeds=2, baselines=["pgd_at"], examples=16)
+    found = run_confirm(path, top=1, seeds=2, baselines=["pgd_at"], examples=16,
+                        attacks=AUDIT)
     return path, found
+
+
+AUDIT = ["apgd-ce", "apgd-t"]
 
 
 def test_the_best_config_and_a_baseline_are_retrained_with_new_seeds(confirmed):
@@ -58,6 +69,10 @@ def test_the_summary_is_the_mean_and_t_interval_of_the_audits(confirmed):
         assert c.mean == pytest.approx(mean) and c.sd == pytest.approx(sd)
         half = T_975_DF1 * sd / math.sqrt(2)
         assert c.interval == pytest.approx((mean - half, mean + half))
+    for r in finals.values():  # the audit ran the attacks asked for, and only those
+        assert r["version"] == "custom" and r["attacks"] == AUDIT
+        assert list(r["per_attack_acc"]) == AUDIT
+    assert {c.audit for c in found} == {"AutoAttack's APGD-CE + APGD-T"}
     worst = sorted(r["worst_case_acc"] for r in finals.values())
     assert sorted(v for c in found for v in c.values) == worst
     assert statistics.fmean(worst) == pytest.approx(statistics.fmean(
@@ -74,6 +89,18 @@ def test_status_best_and_report_show_the_confirmation(confirmed, tmp_path, capsy
         best.read_text()
     report = write_report(path, tmp_path / "r.md").read_text()
     assert "## Confirmation across seeds" in report and "| pgd_at | 2 |" in report
+    assert "AutoAttack's APGD-CE + APGD-T" in report
+
+
+def test_the_export_carries_the_confirmation(confirmed, tmp_path):
+    path, found = confirmed
+    written = export_experiment(path, tmp_path / "export")
+    assert written["confirm.trials"].local == tmp_path / "export" / "confirm" / "trials.parquet"
+    assert load_confirmations(tmp_path / "export") == found
+    report = write_report(tmp_path / "export", tmp_path / "r.md").read_text()
+    assert "## Confirmation across seeds" in report and "| pgd_at | 2 |" in report
+    export_experiment(tmp_path / "export", tmp_path / "again")  # an export of the export
+    assert load_confirmations(tmp_path / "again") == found
 
 
 def test_running_it_again_continues_and_retrains_nothing(confirmed):
