@@ -109,7 +109,8 @@ def _fit(tuner, experiment_dir: StoragePath) -> Experiment:
     if unfinished or len(experiment.trials) < wanted:
         console.print(f"search stopped early after {wall:.0f} s: "
                       f"continue it with `clustune resume {experiment_dir.uri}`", markup=False)
-        return experiment
+        # an interrupted search is not a finished one: the CLI exits 130, so scripts stop here
+        raise KeyboardInterrupt
     console.print(f"search finished: {len(experiment.trials)} trials in {wall:.0f} s")
     s = SearchConfig.model_validate(experiment.meta.config).search
     if s.final_top_k:
