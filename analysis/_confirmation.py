@@ -22,12 +22,12 @@ from trainable import StoragePath, storage_path
 from ._ranking import flags_of, worst_case
 from ._results import EXPORT_TRIALS, META_FILE, load_experiment
 
-__all__ = ["Confirmation", "load_confirmations", "has_confirmation", "CONFIRM_DIR", "SEED_MARK",
-           "STANDARD_ENSEMBLE"]
+__all__ = ["Confirmation", "load_confirmations", "has_confirmation", "CONFIRM_DIR", "SEED_MARK"]
 
 CONFIRM_DIR = "confirm"
 SEED_MARK = "@seed"  # point names: CONFIG@seedN
-STANDARD_ENSEMBLE = ("apgd-ce", "apgd-t", "fab-t", "square")  # AutoAttack's standard version
+# pyautoattack's attacks_to_run for version="standard", in its order: how an audit is named
+STANDARD_ENSEMBLE = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
 @dataclass(frozen=True)

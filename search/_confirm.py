@@ -24,6 +24,7 @@ from analysis import (
     load_confirmations,
     load_experiment,
     rank_trials,
+    read_meta,
 )
 from trainable import StoragePath, TrainConfig
 
@@ -60,21 +61,54 @@ def _points(experiment, top: int, seeds: int, baselines: list[str]) -> dict[str,
     return points
 
 
-def run_confirm(experiment_dir: str | Path | StoragePath, top: int = 1, seeds: int = 3,
-                baselines: list[str] | None = None, examples: int = 500,
-                address: str | None = None,
+def _recorded_options(cfg: SearchConfig) -> dict[str, object]:
+    """The options a started confirmation was run with, read back from its fixed points."""
+    names = [key.partition(SEED_MARK)[0] for key in cfg.points]
+    configs = list(dict.fromkeys(names))
+    return {"top": sum(c not in BASELINES for c in configs), "seeds": names.count(configs[0]),
+            "baselines": sorted(c for c in configs if c in BASELINES),
+            "examples": cfg.search.final_examples, "attacks": cfg.search.final_attacks}
+
+
+def _check_same_options(folder: StoragePath, asked: dict[str, object]) -> None:
+    """Continuing a confirmation with other options would mix two runs: refuse it."""
+    recorded = _recorded_options(SearchConfig.model_validate(read_meta(folder).config))
+    show = {"top": "--top", "seeds": "--seeds", "baselines": "--baseline",
+            "examples": "--examples", "attacks": "--attacks"}
+    differ = [f"{show[k]} {_fmt_option(recorded[k])}" for k, v in asked.items()
+              if v is not None and v != recorded[k]]
+    if differ:
+        raise UsageError(f"{folder} was started with {', '.join(differ)}: give those options "
+                         "(or none) to continue it, or delete the folder to start again")
+
+
+def _fmt_option(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(value) or "(none)"
+    return "(the standard ensemble)" if value is None else str(value)
+
+
+def run_confirm(experiment_dir: str | Path | StoragePath, top: int | None = None,
+                seeds: int | None = None, baselines: list[str] | None = None,
+                examples: int | None = None, address: str | None = None,
                 attacks: list[str] | None = None) -> list[Confirmation]:
-    """Retrain, audit and summarise (module docstring); continues an unfinished run.
-    ``attacks`` audits with those AutoAttack attacks instead of its standard ensemble."""
+    """Retrain, audit and summarise (module docstring); continues an unfinished run, whose
+    recorded options an option left as None keeps (a different one is refused). Defaults for a
+    new run: top 1, 3 seeds, no baselines, 500 images; ``attacks`` audits with those AutoAttack
+    attacks instead of its standard ensemble."""
     experiment = load_experiment(experiment_dir)
     folder = experiment.path / CONFIRM_DIR
     if (folder / META_FILE).is_file():
+        _check_same_options(folder, {
+            "top": top, "seeds": seeds, "examples": examples, "attacks": attacks,
+            "baselines": None if baselines is None else sorted(set(baselines))})
         console.print(f"continuing the confirmation in {folder}", markup=False)
         resume_search(folder, address)
     else:
+        top, seeds, examples = top or 1, seeds or 3, examples or 500
         if seeds < 2:
             raise UsageError("--seeds must be at least 2 (an interval needs two)")
-        points = _points(experiment, top, seeds, list(baselines or []))
+        points = _points(experiment, top, seeds, sorted(set(baselines or [])))
         s = SearchConfig.model_validate(experiment.meta.config).search
         cfg = SearchConfig.model_validate({
             "description": f"confirmation of {experiment.name} across seeds",
@@ -106,10 +140,11 @@ def confirmation_table(found: list[Confirmation], name: str) -> Table:
 
 
 def _cmd_confirm(args: argparse.Namespace) -> int:
-    if args.top < 1 or args.examples < 1:
+    if (args.top is not None and args.top < 1) or (args.examples is not None
+                                                     and args.examples < 1):
         raise UsageError("--top and --examples must be at least 1")
-    run_confirm(args.dir, args.top, args.seeds, args.baseline or [], args.examples,
-                args.address, args.attacks)
+    run_confirm(args.dir, args.top, args.seeds, args.baseline, args.examples, args.address,
+                args.attacks)
     return 0
 
 
@@ -118,15 +153,15 @@ def add_confirm_command(sub) -> None:
                        description="Retrain the top configurations of the ranking (and named "
                        "baselines) with new seeds as Ray trials, audit each with the final "
                        "stage, and report the mean, standard deviation and 95 %% interval per "
-                       "configuration. Results go to DIR/confirm; running it again continues.")
+                       "configuration. Results go to DIR/confirm; running it again continues it, "
+                       "with the options it was started with.")
     p.add_argument("dir", help="the experiment: its folder, or its URI in cloud storage")
-    p.add_argument("--top", type=int, default=1, help="configurations to confirm (default 1)")
-    p.add_argument("--seeds", type=int, default=3, help="new seeds per configuration "
-                   "(default 3, at least 2)")
+    p.add_argument("--top", type=int, help="configurations to confirm (default 1)")
+    p.add_argument("--seeds", type=int, help="new seeds per configuration (default 3, at "
+                   "least 2)")
     p.add_argument("--baseline", action="append", choices=BASELINES,
                    help="also confirm this baseline at the same budget (repeatable)")
-    p.add_argument("--examples", type=int, default=500, help="test images per audit "
-                   "(default 500)")
+    p.add_argument("--examples", type=int, help="test images per audit (default 500)")
     p.add_argument("--attacks", type=attack_list, metavar="A,B",
                    help="audit with these AutoAttack attacks instead of its standard ensemble, "
                    "e.g. apgd-ce,apgd-t (docs/evaluation.md: when that is enough)")

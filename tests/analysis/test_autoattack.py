@@ -10,6 +10,7 @@ import json
 import math
 import sys
 
+import pyautoattack
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from analysis import (
     save_result,
 )
 from analysis._autoattack import ATTACKS, _build_adversary, _within_threat_model
+from analysis._confirmation import STANDARD_ENSEMBLE
 
 CHEAP = {"version": "custom", "n_iter": 10, "n_restarts": 1, "n_target_classes": 3,
          "n_queries": 100, "adaptive_steps": 20}
@@ -365,3 +367,11 @@ def test_evaluate_checkpoint_fills_dataset_head_and_config(checkpoint, digits):
                                                              digits.y_val[:4].tolist())
     with pytest.raises(ValueError, match="split"):
         evaluate_checkpoint(path, split="train")
+
+
+def test_the_standard_ensemble_label_is_autoattacks_own():
+    """Confirmations call an audit "AutoAttack (standard)" by comparing its attacks with this
+    constant: it must be the official code's own list for version="standard"."""
+    adversary = pyautoattack.AutoAttack(nn.Linear(4, 2), norm="Linf", eps=0.1,
+                                        version="standard", device="cpu", seed=0)
+    assert tuple(adversary.attacks_to_run) == STANDARD_ENSEMBLE

@@ -17,6 +17,20 @@ def no_ray(monkeypatch):
     monkeypatch.setattr("search._search_cmd.start_ray", refuse)
 
 
+def _experiment_folder(path, **search) -> str:
+    """A minimal experiment on disk (only its clustune.json): enough for a command to reach
+    its own checks of the options."""
+    path.mkdir()
+    cfg = SearchConfig.model_validate({"train": {"data": {"dataset": "digits"}},
+                                       "points": {"a": {}}, "search": search})
+    meta = ExperimentMeta(name=path.name, created="2026-12-06T03:00:00",
+                          study_name=f"clustune-{path.name}",
+                          study_storage="sqlite:///nowhere.db",
+                          config=cfg.model_dump(mode="json"), base=cfg.base_dict())
+    (path / "clustune.json").write_text(meta.model_dump_json())
+    return str(path)
+
+
 def _run(capsys, *argv: str) -> tuple[int, str]:
     code = cli.main(list(argv))
     err = capsys.readouterr().err.strip()
@@ -109,31 +123,18 @@ def test_gpus_this_machine_lacks_are_refused_before_ray(tmp_path, capsys, no_ray
     assert code == 2 and "--gpus-per-trial 0.25 asks for more GPUs than this machine has (0)" \
         in err and len(err.splitlines()) == 1
     assert not (tmp_path / "gpu").exists()
-    experiment = tmp_path / "exp"
-    experiment.mkdir()
-    cfg = SearchConfig.model_validate({"train": {"data": {"dataset": "digits"}},
-                                       "points": {"gpu": {}}, "search": {"gpus_per_trial": 1}})
-    meta = ExperimentMeta(name="exp", created="2026-12-06T03:00:00", study_name="clustune-exp",
-                          study_storage="sqlite:///nowhere.db",
-                          config=cfg.model_dump(mode="json"), base=cfg.base_dict())
-    (experiment / "clustune.json").write_text(meta.model_dump_json())
-    code, err = _run(capsys, "evaluate", str(experiment), "--gpus-per-task", "0.5")
+    experiment = _experiment_folder(tmp_path / "exp", gpus_per_trial=1)
+    code, err = _run(capsys, "evaluate", experiment, "--gpus-per-task", "0.5")
     assert code == 2 and "--gpus-per-task 0.5 asks for more GPUs" in err
-    code, err = _run(capsys, "evaluate", str(experiment), "--gpus-per-task", "-1")
+    code, err = _run(capsys, "evaluate", experiment, "--gpus-per-task", "-1")
     assert code == 2 and "--gpus-per-task must be at least 0" in err
-    code, err = _run(capsys, "resume", str(experiment))
+    code, err = _run(capsys, "resume", experiment)
     assert code == 2 and "the search's gpus_per_trial 1 asks for more GPUs" in err
 
 
 def test_contradictory_or_unknown_audit_attacks_are_refused(tmp_path, capsys, no_ray):
     experiment = tmp_path / "exp"
-    experiment.mkdir()
-    cfg = SearchConfig.model_validate({"train": {"data": {"dataset": "digits"}},
-                                       "points": {"a": {}}})
-    meta = ExperimentMeta(name="exp", created="2026-12-06T03:00:00", study_name="clustune-exp",
-                          study_storage="sqlite:///nowhere.db",
-                          config=cfg.model_dump(mode="json"), base=cfg.base_dict())
-    (experiment / "clustune.json").write_text(meta.model_dump_json())
+    _experiment_folder(experiment)
     code, err = _run(capsys, "evaluate", str(experiment), "--version", "plus",
                      "--attacks", "apgd-ce,apgd-t")
     assert code == 2 and "--attacks replaces --version's ensemble" in err

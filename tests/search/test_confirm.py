@@ -106,8 +106,23 @@ def test_the_export_carries_the_confirmation(confirmed, tmp_path):
 def test_running_it_again_continues_and_retrains_nothing(confirmed):
     path, found = confirmed
     before = {t.trial_id: t.history for t in load_experiment(path / "confirm").trials}
-    again = run_confirm(path, top=1, seeds=2, baselines=["pgd_at"], examples=16)
+    again = run_confirm(path, seeds=2, baselines=["pgd_at"])  # the others as recorded
     assert again == found
     after = {t.trial_id: t.history for t in load_experiment(path / "confirm").trials}
     assert after == before
     assert json.loads((path / "confirm" / "clustune.json").read_text())["name"] == "confirm"
+
+
+@pytest.mark.parametrize(("option", "recorded"), [
+    (["--seeds", "3"], "--seeds 2"), (["--top", "2"], "--top 1"),
+    (["--baseline", "trades"], "--baseline pgd_at"), (["--examples", "500"], "--examples 16"),
+    (["--attacks", "apgd-ce"], "--attacks apgd-ce,apgd-t")])
+def test_continuing_with_other_options_is_refused(confirmed, capsys, option, recorded):
+    path, _ = confirmed
+    before = (path / "confirm" / "clustune.json").read_text()
+    capsys.readouterr()
+    assert main(["confirm", str(path), *option]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clustune: error: ") and len(err.splitlines()) == 1, err
+    assert f"was started with {recorded}:" in err, err
+    assert (path / "confirm" / "clustune.json").read_text() == before
