@@ -40,6 +40,7 @@ class Confirmation:
     n_examples: int  # test images per evaluation (the smallest, if they differ)
     flagged_seeds: int  # seeds whose audit raised a demoting flag
     attacks: tuple[str, ...]  # AutoAttack's attacks that every audit of it ran, in order
+    baseline: bool = False  # a named baseline (its name is its objective), not a trial
 
     @property
     def audit(self) -> str:
@@ -66,6 +67,16 @@ class Confirmation:
         half = stats.t.ppf(0.975, n - 1) * self.sd / math.sqrt(n)
         return self.mean - half, self.mean + half
 
+    def minus(self, other: Confirmation) -> tuple[float, float, float]:
+        """Difference of the means (self - other) and its 95 % Welch interval (unequal
+        variances): the direct answer to "is this configuration more robust than that one?".
+        NaN where either side has fewer than two seeds."""
+        if len(self.values) < 2 or len(other.values) < 2:
+            return math.nan, math.nan, math.nan
+        low, high = stats.ttest_ind(self.values, other.values,
+                                    equal_var=False).confidence_interval(0.95)
+        return self.mean - other.mean, float(low), float(high)
+
     def summary(self) -> str:
         low, high = self.interval
         return (f"{self.mean:.3f} mean over {len(self.values)} seeds (sd {self.sd:.3f}, 95 % "
@@ -90,6 +101,7 @@ def load_confirmations(path: str | Path | StoragePath) -> list[Confirmation]:
         results.setdefault(r["trial_id"], []).append(r)
     groups: dict[str, list[tuple[int, float, int, bool]]] = {}
     ensembles: dict[str, list[list[str]]] = {}
+    baselines: set[str] = set()
     for trial in experiment.trials:
         point = str(trial.params.get("point", ""))
         config, mark, seed = point.rpartition(SEED_MARK)
@@ -101,11 +113,13 @@ def load_confirmations(path: str | Path | StoragePath) -> list[Confirmation]:
             min(r["n_examples"] for r in evaluated),
             any(f.demotes for r in evaluated for f in flags_of(r))))
         ensembles.setdefault(config, []).extend(list(r["per_attack_acc"]) for r in evaluated)
+        if experiment.trial_config(trial).objective.variant == config:
+            baselines.add(config)
     listed = [p.rpartition(SEED_MARK)[0] for p in experiment.meta.points]
     order = sorted(groups, key=lambda c: listed.index(c) if c in listed else len(listed))
     return [Confirmation(config, tuple(s for s, *_ in rows), tuple(v for _, v, _, _ in rows),
                          min(n for _, _, n, _ in rows), sum(f for *_, f in rows),
-                         _common(ensembles[config]))
+                         _common(ensembles[config]), config in baselines)
             for config, rows in ((c, sorted(groups[c])) for c in order)]
 
 

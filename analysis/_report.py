@@ -25,7 +25,7 @@ from plotly.subplots import make_subplots
 
 from trainable import StoragePath, TrainConfig, storage_path
 
-from ._confirmation import load_confirmations
+from ._confirmation import Confirmation, load_confirmations
 from ._ranking import FLAG_LEGEND, RankedTrial, flags_of, rank_trials
 from ._results import Experiment, TrialRecord, load_experiment
 
@@ -319,18 +319,31 @@ def _confirmation_table(experiment: Experiment) -> _Table | None:
     found = load_confirmations(experiment.path)
     if not found:
         return None
+    baselines = [c for c in found if c.baseline]
     rows = []
     for c in found:
         low, high = c.interval
         rows.append([c.config, str(len(c.values)), ", ".join(_pct(v) for v in c.values),
-                     _pct(c.mean), _pct(c.sd), f"{_pct(low)}-{_pct(high)}", str(c.n_examples),
-                     c.audit, str(c.flagged_seeds)])
+                     _pct(c.mean), _pct(c.sd), f"{_pct(low)}-{_pct(high)}",
+                     *(_difference(c, b) for b in baselines), str(c.n_examples), c.audit,
+                     str(c.flagged_seeds)])
+    n = len(baselines)
     return _Table(["configuration", "seeds", "per seed (%)", "mean (%)", "sd (points)",
-                   "95 % interval (%)", "test images", "audit", "flagged seeds"], rows,
-                  (1, 3, 4, 6, 8),
+                   "95 % interval (%)", *(f"minus {b.config} (points)" for b in baselines),
+                   "test images", "audit", "flagged seeds"], rows,
+                  (1, 3, 4, *range(6, 7 + n), 8 + n),
                   "clustune confirm: each configuration retrained with new seeds at the search's "
                   "budget and audited (worst case over every attack and head); the interval is "
-                  "a t-interval of the mean over seeds.")
+                  "a t-interval of the mean over seeds; \"minus\" columns: the difference of "
+                  "the means to that baseline with its 95 % Welch interval in brackets (an "
+                  "interval that contains 0 means no evidence of a difference).")
+
+
+def _difference(c: Confirmation, baseline: Confirmation) -> str:
+    if c is baseline:
+        return "-"
+    diff, low, high = c.minus(baseline)
+    return f"{100 * diff:+.1f} ({100 * low:+.1f} to {100 * high:+.1f})"
 
 
 def _summary_items(experiment: Experiment,

@@ -125,17 +125,23 @@ def run_confirm(experiment_dir: str | Path | StoragePath, top: int | None = None
 
 
 def confirmation_table(found: list[Confirmation], name: str) -> Table:
+    """Per configuration: the seeds' audits, mean, sd, 95 % interval, and the difference to
+    each baseline with its 95 % Welch interval."""
+    baselines = [c for c in found if c.baseline]
     table = Table(title=f"{name}: audited robust accuracy across seeds (worst case over "
                   "attacks and heads, test set)")
-    for col in ("configuration", "seeds", "per seed", "mean", "sd", "95 % interval", "images",
-                "audit", "flagged seeds"):
+    for col in ("configuration", "seeds", "per seed", "mean", "sd", "95 % interval",
+                *(f"minus {b.config} (95 % interval)" for b in baselines), "images", "audit",
+                "flagged seeds"):
         table.add_column(col)
     for c in found:
         low, high = c.interval
         table.add_row(c.config, str(len(c.values)), ", ".join(f"{v:.3f}" for v in c.values),
                       f"{c.mean:.3f}", "-" if math.isnan(c.sd) else f"{c.sd:.3f}",
-                      "-" if math.isnan(low) else f"{low:.3f}-{high:.3f}", str(c.n_examples),
-                      c.audit, str(c.flagged_seeds))
+                      "-" if math.isnan(low) else f"{low:.3f}-{high:.3f}",
+                      *("-" if b is c else "{:+.3f} ({:+.3f} to {:+.3f})".format(*c.minus(b))
+                        for b in baselines),
+                      str(c.n_examples), c.audit, str(c.flagged_seeds))
     return table
 
 

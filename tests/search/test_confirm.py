@@ -10,6 +10,7 @@ import math
 import statistics
 
 import pytest
+from scipy import stats
 
 from analysis import (
     best_configs,
@@ -79,6 +80,19 @@ def test_the_summary_is_the_mean_and_t_interval_of_the_audits(confirmed):
         [v for c in found for v in c.values]))
 
 
+def test_each_configuration_is_compared_with_the_baseline_by_a_welch_interval(confirmed):
+    _, found = confirmed
+    best, baseline = found
+    assert (best.baseline, baseline.baseline) == (False, True)
+    a, b = best.values, baseline.values
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch-Satterthwaite
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    assert best.minus(baseline) == pytest.approx((diff, diff - half, diff + half))
+    assert baseline.minus(baseline)[0] == 0
+
+
 def test_status_best_and_report_show_the_confirmation(confirmed, tmp_path, capsys):
     path, found = confirmed
     capsys.readouterr()
@@ -90,6 +104,9 @@ def test_status_best_and_report_show_the_confirmation(confirmed, tmp_path, capsy
     report = write_report(path, tmp_path / "r.md").read_text()
     assert "## Confirmation across seeds" in report and "| pgd_at | 2 |" in report
     assert "AutoAttack's APGD-CE + APGD-T" in report
+    diff, low, high = found[0].minus(found[1])
+    assert "minus pgd_at (points)" in report
+    assert f"| {100 * diff:+.1f} ({100 * low:+.1f} to {100 * high:+.1f}) |" in report
 
 
 def test_the_export_carries_the_confirmation(confirmed, tmp_path):
