@@ -86,5 +86,5 @@ def test_the_cheaper_audit_agrees_with_autoattack_on_unflagged_models():
             gaps[(run.name, r["trial_id"], r["head"])] = (gap, any(
                 f.demotes for f in flags_of(r)))
     unflagged = [gap for gap, flagged in gaps.values() if not flagged]
-    assert len(unflagged) == 23 and max(unflagged) <= 0.002 + 1e-9
+    assert len(unflagged) == 26 and max(unflagged) <= 0.002 + 1e-9
     assert max(gap for gap, flagged in gaps.values() if flagged) == pytest.approx(0.063)

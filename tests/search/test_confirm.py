@@ -86,9 +86,11 @@ def test_each_configuration_is_compared_with_the_baseline_by_a_welch_interval(co
     assert (best.baseline, baseline.baseline) == (False, True)
     a, b = best.values, baseline.values
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch-Satterthwaite
-    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
     diff = statistics.fmean(a) - statistics.fmean(b)
+    half = 0.0  # seeds that all agree leave no spread to widen the interval
+    if va + vb:
+        df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch-Satterthwaite
+        half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
     assert best.minus(baseline) == pytest.approx((diff, diff - half, diff + half))
     assert baseline.minus(baseline)[0] == 0
 
