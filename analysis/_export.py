@@ -250,7 +250,8 @@ def load_export(path: str | Path | StoragePath) -> Experiment:
 
 
 def _header(experiment: Experiment, ranked: RankedTrial, position: int, top: int,
-            finals: list[dict[str, Any]], confirmed: Confirmation | None) -> str:
+            finals: list[dict[str, Any]], confirmed: Confirmation | None,
+            baselines: list[Confirmation]) -> str:
     trial = ranked.trial
     best = trial.best(experiment.metric, experiment.mode)
     params = ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "-"
@@ -270,6 +271,10 @@ def _header(experiment: Experiment, ranked: RankedTrial, position: int, top: int
     lines += [f"# flag {f}" for f in ranked.flags]
     if confirmed is not None:
         lines.append(f"# confirmed with new seeds (clustune confirm): {confirmed.summary()}")
+        for b in baselines:  # is it worth more than a baseline at the same budget?
+            diff, low, high = confirmed.minus(b)
+            lines.append(f"# minus baseline {b.config} ({b.mean:.3f} mean): {diff:+.3f}, 95 % "
+                         f"Welch interval {low:+.3f} to {high:+.3f}")
     lines.append("# run: clustune train --config THIS_FILE   or   clustune search --config "
                  "THIS_FILE")
     return "\n".join(lines) + "\n"
@@ -293,14 +298,16 @@ def best_configs(path: str | Path | StoragePath, top: int = 3,
                 old.read_text().startswith(BEST_HEADER):
             old.unlink()
     finals = experiment.final_results()
-    confirmed = {c.config: c for c in load_confirmations(experiment.path)}
+    confirmations = load_confirmations(experiment.path)
+    confirmed = {c.config: c for c in confirmations}
+    baselines = [c for c in confirmations if c.baseline]
     written = []
     for position, ranked in enumerate(chosen, 1):
         cfg = experiment.trial_config(ranked.trial)
         body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
         file = out / f"{position:02d}-{ranked.trial.trial_id}.yaml"
         header = _header(experiment, ranked, position, len(chosen), finals,
-                         confirmed.get(ranked.trial.trial_id))
+                         confirmed.get(ranked.trial.trial_id), baselines)
         file.atomic_write_text(header + body)
         written.append(file)
     return written

@@ -103,6 +103,9 @@ def test_status_best_and_report_show_the_confirmation(confirmed, tmp_path, capsy
     (best,) = best_configs(path, top=1, out=tmp_path)
     assert f"confirmed with new seeds (clustune confirm): {found[0].summary()}" in \
         best.read_text()
+    diff, low, high = found[0].minus(found[1])
+    assert (f"# minus baseline pgd_at ({found[1].mean:.3f} mean): {diff:+.3f}, 95 % Welch "
+            f"interval {low:+.3f} to {high:+.3f}\n") in best.read_text()
     report = write_report(path, tmp_path / "r.md").read_text()
     assert "## Confirmation across seeds" in report and "| pgd_at | 2 |" in report
     assert "AutoAttack's APGD-CE + APGD-T" in report
