@@ -35,6 +35,7 @@ from ._spaces import SearchConfig
 __all__ = ["run_confirm", "confirmation_table", "BASELINES"]
 
 BASELINES = ("pgd_at", "trades")
+NEW_RUN = {"top": 1, "seeds": 3, "examples": 500}  # defaults of a new confirmation
 
 
 def _points(experiment, top: int, seeds: int, baselines: list[str]) -> dict[str, dict]:
@@ -105,7 +106,9 @@ def run_confirm(experiment_dir: str | Path | StoragePath, top: int | None = None
         console.print(f"continuing the confirmation in {folder}", markup=False)
         resume_search(folder, address)
     else:
-        top, seeds, examples = top or 1, seeds or 3, examples or 500
+        top = NEW_RUN["top"] if top is None else top
+        seeds = NEW_RUN["seeds"] if seeds is None else seeds
+        examples = NEW_RUN["examples"] if examples is None else examples
         if seeds < 2:
             raise UsageError("--seeds must be at least 2 (an interval needs two)")
         points = _points(experiment, top, seeds, sorted(set(baselines or [])))

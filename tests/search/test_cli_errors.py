@@ -146,3 +146,11 @@ def test_contradictory_or_unknown_audit_attacks_are_refused(tmp_path, capsys, no
             err = capsys.readouterr().err.strip()
             assert exit_info.value.code == 2 and needle in err and len(err.splitlines()) == 1
     assert sorted(p.name for p in experiment.iterdir()) == ["clustune.json"]
+
+
+def test_confirm_refuses_too_few_seeds(tmp_path, capsys, no_ray):
+    experiment = _experiment_folder(tmp_path / "exp")
+    for seeds in ("0", "1"):  # 0 is a number given, not "use the default"
+        code, err = _run(capsys, "confirm", experiment, "--seeds", seeds)
+        assert code == 2 and "--seeds must be at least 2" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "exp" / "confirm").exists()
