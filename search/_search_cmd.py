@@ -218,7 +218,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def add_search_commands(sub, add_config_args) -> None:
     p = sub.add_parser("search", help="run a hyperparameter search (embedded Ray or a cluster)",
                        description="Search training settings with Optuna through Ray Tune, "
-                       "stop weak trials with ASHA, and re-check the best with AutoAttack.")
+                       "stop weak trials with ASHA, and re-check the best with AutoAttack. "
+                       "Ctrl-C stops it once every running trial's epoch is checkpointed and "
+                       "exits 130; `clustune resume` continues it.")
     add_config_args(p, "quick")
     p.add_argument("--name", help="experiment name (default: PRESET-TIME)")
     p.add_argument("--storage", default="experiments",

@@ -109,7 +109,6 @@ def test_status_best_and_report_show_the_confirmation(confirmed, tmp_path, capsy
     report = write_report(path, tmp_path / "r.md").read_text()
     assert "## Confirmation across seeds" in report and "| pgd_at | 2 |" in report
     assert "AutoAttack's APGD-CE + APGD-T" in report
-    diff, low, high = found[0].minus(found[1])
     assert "minus pgd_at (points)" in report
     assert f"| {100 * diff:+.1f} ({100 * low:+.1f} to {100 * high:+.1f}) |" in report
 
