@@ -66,14 +66,26 @@ def study_url(experiment: str | Path | StoragePath) -> str:
 
 
 def study_problem(file: Path) -> str | None:
-    """Why a local study file is not a readable Optuna study (None when it is), found without
-    writing to it: sqlite's own check, then Optuna's tables."""
+    """Why a local study file is not a readable Optuna study (None when it is): sqlite's own
+    check, then Optuna's tables. It is read without writing, except that a writer killed
+    inside a transaction (a SIGKILLed driver) leaves a hot journal that only a read-write
+    connection may roll back: that is sqlite's own recovery, which the next writer would run
+    anyway, so it runs here, and the study is the last one committed."""
     try:
-        with sqlite3.connect(f"file:{file}?mode=ro", uri=True) as db:
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+        return _study_problem(f"file:{file}?mode=ro")
+    except sqlite3.Error as err:
+        if getattr(err, "sqlite_errorcode", None) != sqlite3.SQLITE_READONLY_ROLLBACK:
+            return f"not an sqlite database ({err})"
+    try:
+        return _study_problem(f"file:{file}?mode=rw")
     except sqlite3.Error as err:
         return f"not an sqlite database ({err})"
+
+
+def _study_problem(uri: str) -> str | None:
+    with sqlite3.connect(uri, uri=True) as db:
+        check = db.execute("PRAGMA quick_check").fetchone()[0]
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
     if check != "ok":
         return f"a damaged sqlite database ({check})"
     if not {"studies", "trials", "version_info"} <= tables:
