@@ -1,9 +1,10 @@
-"""AutoAttack evaluation with a gradient-masking audit, stored in a fixed JSON schema.
+"""AutoAttack evaluation with a gradient-masking audit: running it and resuming it.
 
 Why: the ClusTR family looked robust to CE-based PGD and fell to ~0% under AutoAttack. So the
 final stage runs the official ensemble (``pyautoattack``), records what every attack did per
 example, re-runs the CE-only attack for comparison, attacks cluster heads adaptively in
-embedding space, and flags any gap between them instead of reporting one number.
+embedding space, and flags any gap between them (:mod:`._audit`) instead of reporting one
+number. The result is a :class:`RobustnessResult` (:mod:`._result` owns its schema).
 
 How the ensemble is driven: the official :class:`pyautoattack.AutoAttack` object (the version's
 own attack settings) is called attack by attack and batch by batch, on exactly the points and
@@ -11,44 +12,6 @@ batches its own loop would attack, so results equal one ``run_standard_evaluatio
 tests check this) while recording which attack first broke each example and checkpointing
 after every batch (pyautoattack 0.2.0's own ``state_path`` cannot resume: it saves its attack
 set as a string and then refuses every state it wrote).
-
-Result schema ``clustune-robustness-v1`` (one JSON object; accuracies are fractions in [0, 1]
-over all ``n_examples`` points, docs/evaluation.md describes every field):
-
-=====================  ======================================================================
-schema_version         "clustune-robustness-v1"
-dataset, head          dataset name and head kind ("raw", "logprob", "learned", "linear"), or null
-checkpoint             checkpoint path the model came from, or null
-config                 the training configuration (dict; {} when unknown)
-eps, norm              threat model: norm ball radius, "Linf" | "L2" | "L1"; images in [0, 1]
-version                AutoAttack version: "standard" | "plus" | "rand" | "custom"
-attacks                the ensemble, in the order it ran
-attack_settings        attack -> its budget (n_iter, n_restarts, n_target_classes, n_queries...);
-                       also "apgd-ce (ce-only)" when CE-only ran separately, and "adaptive"
-seed, batch_size       both change AutoAttack's results, so both are recorded
-n_examples             number of evaluated points
-clean_acc              accuracy on the clean points
-autoattack_acc         robust accuracy after the whole ensemble
-per_attack_acc         attack -> robust accuracy after it (cumulative, ensemble order)
-ce_only_acc            robust accuracy under APGD-CE alone on the same points
-ce_gap                 ce_only_acc - autoattack_acc
-adaptive_acc           robust accuracy under the adaptive embedding attack (null: not run)
-adaptive_gap           autoattack_acc - adaptive_acc (null: not run)
-worst_case_acc         robust to every attack run (ensemble, CE-only and adaptive)
-autoattack_flags       AutoAttack's own warnings (its checks), verbatim, de-duplicated
-masking_flags          autoattack_flags plus "ce_gap" (ce_gap > 10 points) and
-                       "adaptive_gap" (adaptive_gap > 5 points)
-within_threat_model    every returned adversarial example is finite, in [0, 1] and within eps
-                       (+ 1e-5) of its clean point, for every attack run
-max_perturbation       largest norm of a returned perturbation over all attacks
-per_example            columns, one entry per point: index, label, clean_correct,
-                       autoattack_robust, broken_by (first ensemble attack that broke it, else
-                       null), perturbation (norm of the ensemble's adversarial perturbation, 0.0
-                       if none was found), ce_only_robust, adaptive_robust (null: not run),
-                       worst_case_robust
-wall_time_s            seconds spent, summed over resumed runs
-software               versions of pyautoattack and torch
-=====================  ======================================================================
 """
 
 from __future__ import annotations
@@ -62,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +37,6 @@ from torch import nn
 from trainable import (
     Classifier,
     ClusterHead,
-    ClustuneError,
     StoragePath,
     embedding_margin_loss,
     frozen,
@@ -84,16 +46,15 @@ from trainable import (
     storage_path,
 )
 
-__all__ = ["RobustnessResult", "ResultError", "SCHEMA_VERSION", "evaluate_checkpoint",
-           "evaluate_robustness", "load_result", "save_result"]
+from ._audit import gap_flags
+from ._result import RobustnessResult, check_attacks
 
-SCHEMA_VERSION = "clustune-robustness-v1"
+__all__ = ["AttackOptions", "Provenance", "ClusterGeometry", "evaluate_checkpoint",
+           "evaluate_robustness"]
+
 STATE_FORMAT = "clustune-autoattack-state-v1"
 VERSIONS = ("standard", "plus", "rand", "custom")
 NORMS = ("Linf", "L2", "L1")
-ATTACKS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
-CE_GAP_POINTS = 10  # flag "ce_gap" when CE-only accuracy exceeds AutoAttack's by more
-ADAPTIVE_GAP_POINTS = 5  # flag "adaptive_gap" when the adaptive attack beats AutoAttack by more
 TOLERANCE = 1e-5  # slack on eps when checking the threat model (float rounding)
 CE_ONLY = "apgd-ce (ce-only)"
 ADAPTIVE = "adaptive"
@@ -101,126 +62,92 @@ ADAPTIVE = "adaptive"
 Progress = Callable[[str, int, int], None]  # (stage, examples done, examples in the stage)
 
 
-@dataclass(kw_only=True)
-class RobustnessResult:
-    """One model's evaluation; see the module docstring for the meaning of every field."""
+# ------------------------------------------------------------------ options and threat model
+@dataclass(frozen=True, kw_only=True)
+class AttackOptions:
+    """What an evaluation runs; contradictory or impossible settings are refused when the
+    options are made (ValueError, one line).
 
-    schema_version: str = SCHEMA_VERSION
+    ``version`` picks AutoAttack's ensemble; ``custom`` runs ``attacks`` in the given order, and
+    only there may ``n_iter`` (APGD and FAB iterations), ``n_restarts`` (every attack),
+    ``n_target_classes`` (APGD-T, FAB-T) and ``n_queries`` (Square) change the budgets.
+    ``eps`` and ``norm``: the threat model (None: a checkpoint's own, in
+    :func:`evaluate_checkpoint`). The adaptive embedding attack takes ``adaptive_steps`` PGD
+    steps of 2.5*eps/steps. ``seed`` and ``batch_size`` both change AutoAttack's results.
+    """
+
+    eps: float | None = None
+    norm: str | None = None
+    version: str = "standard"
+    attacks: list[str] | None = None
+    n_iter: int | None = None
+    n_restarts: int | None = None
+    n_target_classes: int | None = None
+    n_queries: int | None = None
+    adaptive_steps: int = 100
+    batch_size: int = 500
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.version not in VERSIONS:
+            raise ValueError(f"unknown version {self.version!r}; choose one of "
+                             f"{', '.join(VERSIONS)}")
+        if self.norm is not None and self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        if self.eps is not None and not (math.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"eps must be a positive number, got {self.eps}")
+        if self.version == "custom":
+            if not self.attacks:
+                raise ValueError("version='custom' needs attacks, e.g. "
+                                 "attacks=['apgd-ce', 'apgd-t']")
+            check_attacks(self.attacks)
+        elif self.attacks is not None:
+            raise ValueError(f"attacks apply to version='custom' only; version={self.version!r} "
+                             "runs its own fixed ensemble")
+        for name, value in self.budget.items():
+            if value is None:
+                continue
+            if self.version != "custom":
+                raise ValueError(f"{name} applies to version='custom' only; "
+                                 f"version={self.version!r} uses AutoAttack's fixed budgets")
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.adaptive_steps < 1:
+            raise ValueError(f"adaptive_steps must be at least 1, got {self.adaptive_steps}")
+
+    @property
+    def budget(self) -> dict[str, int | None]:
+        return {"n_iter": self.n_iter, "n_restarts": self.n_restarts,
+                "n_target_classes": self.n_target_classes, "n_queries": self.n_queries}
+
+    def threat_model(self) -> tuple[float, str]:
+        """(eps, norm), once both are known (the norm defaults to Linf)."""
+        if self.eps is None:
+            raise ValueError("eps is needed: the radius of the threat model")
+        return self.eps, self.norm or "Linf"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What was evaluated, copied into the result: the dataset, the head judged, the checkpoint
+    and its training config."""
+
     dataset: str | None = None
     head: str | None = None
     checkpoint: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
-    eps: float
-    norm: str
-    version: str
-    attacks: list[str]
-    attack_settings: dict[str, dict[str, Any]]
-    seed: int
-    batch_size: int
-    n_examples: int
-    clean_acc: float
-    autoattack_acc: float
-    per_attack_acc: dict[str, float]
-    ce_only_acc: float
-    ce_gap: float
-    adaptive_acc: float | None
-    adaptive_gap: float | None
-    worst_case_acc: float
-    autoattack_flags: list[str]
-    masking_flags: list[str]
-    within_threat_model: bool
-    max_perturbation: float
-    per_example: dict[str, list[Any]]
-    wall_time_s: float
-    software: dict[str, str]
-
-    def to_json(self) -> str:
-        """One field per line with compact values: readable, yet small for many examples."""
-        items = (f" {json.dumps(k)}: {json.dumps(v)}" for k, v in asdict(self).items())
-        return "{\n" + ",\n".join(items) + "\n}"
-
-    @classmethod
-    def from_json(cls, text: str) -> RobustnessResult:
-        """Parse a result, refusing other schema versions and missing or unknown fields."""
-        data = json.loads(text)
-        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
-            found = data.get("schema_version") if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"not a {SCHEMA_VERSION} result (schema_version {found!r})")
-        names = {f.name for f in fields(cls)}
-        if missing := sorted(names - data.keys()):
-            raise ValueError(f"result lacks field(s) {', '.join(missing)}")
-        if unknown := sorted(data.keys() - names):
-            raise ValueError(f"result has unknown field(s) {', '.join(unknown)}")
-        return cls(**data)
 
 
-def save_result(result: RobustnessResult, path: str | Path | StoragePath) -> StoragePath:
-    """Write the result atomically (a local file or an object in cloud storage), so a reader
-    never sees half a file."""
-    where = storage_path(path)
-    where.atomic_write_text(result.to_json() + "\n")
-    return where
+@dataclass(frozen=True)
+class ClusterGeometry:
+    """What the adaptive attack needs of a clustering model: its embedding and the labelled
+    centroids (a :class:`trainable.Classifier` with a cluster head has them itself)."""
 
-
-class ResultError(ClustuneError, ValueError):
-    """A file that is not a readable result of this schema."""
-
-
-def load_result(path: str | Path | StoragePath) -> RobustnessResult:
-    try:
-        text = storage_path(path).read_text()
-    except OSError as err:
-        raise ResultError(f"cannot read {path}: {err.strerror or err}") from None
-    except UnicodeDecodeError:
-        raise ResultError(f"{path}: not a text file (a {SCHEMA_VERSION} result was expected)") \
-            from None
-    try:
-        return RobustnessResult.from_json(text)
-    except json.JSONDecodeError as err:
-        raise ResultError(f"{path}: not JSON ({err.msg}, line {err.lineno})") from None
-    except (ValueError, TypeError) as err:
-        raise ResultError(f"{path}: {err}") from None
-
-
-# ------------------------------------------------------------------ options and threat model
-def check_attacks(attacks: list[str]) -> list[str]:
-    """AutoAttack attack names for its "custom" version: known ones, each once (ValueError)."""
-    if unknown := [a for a in attacks if a not in ATTACKS]:
-        raise ValueError(f"unknown attack(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(ATTACKS)}")
-    if not attacks or len(set(attacks)) != len(attacks):
-        raise ValueError("name each attack once, e.g. apgd-ce,apgd-t")
-    return attacks
-
-
-def _check_options(version: str, norm: str, eps: float, attacks: list[str] | None,
-                   budget: dict[str, int | None], batch_size: int, adaptive_steps: int) -> None:
-    """Refuse contradictory or impossible settings before any work, with one-line messages."""
-    if version not in VERSIONS:
-        raise ValueError(f"unknown version {version!r}; choose one of {', '.join(VERSIONS)}")
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
-    if not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a positive number, got {eps}")
-    if version == "custom":
-        if not attacks:
-            raise ValueError("version='custom' needs attacks, e.g. attacks=['apgd-ce', 'apgd-t']")
-        check_attacks(attacks)
-    elif attacks is not None:
-        raise ValueError(f"attacks apply to version='custom' only; version={version!r} runs "
-                         "its own fixed ensemble")
-    for name, value in budget.items():
-        if value is None:
-            continue
-        if version != "custom":
-            raise ValueError(f"{name} applies to version='custom' only; version={version!r} "
-                             "uses AutoAttack's fixed budgets")
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if adaptive_steps < 1:
-        raise ValueError(f"adaptive_steps must be at least 1, got {adaptive_steps}")
+    embed: Callable[[torch.Tensor], torch.Tensor]
+    centroids: torch.Tensor  # [C*K, d]
+    centroid_class: torch.Tensor  # [C*K]
 
 
 def _check_data(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -251,31 +178,20 @@ def _within_threat_model(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm:
 
 
 # ------------------------------------------------------------------------ adaptive attack
-@dataclass
-class _Clusters:
-    """What the adaptive attack needs: the embedding and the labelled centroids."""
-
-    embed: Callable[[torch.Tensor], torch.Tensor]
-    centroids: torch.Tensor  # [C*K, d]
-    centroid_class: torch.Tensor  # [C*K]
-
-
-def _cluster_info(model: nn.Module, embed: Callable[[torch.Tensor], torch.Tensor] | None,
-                  centroids: torch.Tensor | None, centroid_class: torch.Tensor | None,
-                  norm: str, y: torch.Tensor) -> _Clusters | None:
-    """Given cluster info, or a Classifier's own ClusterHead (cluster id = class*K + i)."""
-    given = [v is not None for v in (embed, centroids, centroid_class)]
-    if any(given) and not all(given):
-        raise ValueError("the adaptive attack needs embed, centroids and centroid_class together")
-    if all(given):
+def _geometry(model: nn.Module, given: ClusterGeometry | None, norm: str,
+              y: torch.Tensor) -> ClusterGeometry | None:
+    """The adaptive attack's geometry: given, or a Classifier's own ClusterHead (cluster id =
+    class*K + i); None for a model without one."""
+    if given is not None:
         if norm != "Linf":
             raise ValueError(f"the adaptive attack is Linf PGD; it cannot run with norm={norm!r}")
-        info = _Clusters(embed, centroids.detach(), centroid_class.detach().long())
+        info = ClusterGeometry(given.embed, given.centroids.detach(),
+                               given.centroid_class.detach().long())
     elif norm == "Linf" and isinstance(model, Classifier) and isinstance(model.head, ClusterHead):
         head = model.head
         cls = torch.arange(head.num_classes, device=head.centroids.device)
-        info = _Clusters(model.backbone.embed, head.centroids.detach(),
-                         cls.repeat_interleave(head.k))
+        info = ClusterGeometry(model.backbone.embed, head.centroids.detach(),
+                               cls.repeat_interleave(head.k))
     else:
         return None
     if info.centroids.ndim != 2 or info.centroid_class.shape != info.centroids.shape[:1]:
@@ -298,12 +214,14 @@ def _set_apgd_iterations(attack: Any, n_iter: int) -> None:
     attack.size_decr = max(int(0.03 * n_iter), 1)
 
 
-def _build_adversary(model: nn.Module, *, norm: str, eps: float, version: str,
-                     attacks: list[str] | None, seed: int, device: str | torch.device,
-                     budget: dict[str, int | None]) -> AutoAttack:
+def _build_adversary(model: nn.Module, options: AttackOptions,
+                     device: str | torch.device) -> AutoAttack:
     """The official AutoAttack object, with custom budgets applied where given."""
-    adversary = AutoAttack(model, norm=norm, eps=eps, version=version, seed=seed,
-                           device=device, attacks=list(attacks) if attacks else None)
+    eps, norm = options.threat_model()
+    budget = options.budget
+    adversary = AutoAttack(model, norm=norm, eps=eps, version=options.version,
+                           seed=options.seed, device=device,
+                           attacks=list(options.attacks) if options.attacks else None)
     if budget["n_iter"] is not None:
         _set_apgd_iterations(adversary.apgd, budget["n_iter"])
         _set_apgd_iterations(adversary.apgd_targeted, budget["n_iter"])
@@ -401,8 +319,8 @@ def _inference_only(model: nn.Module) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------- resumable state
-def _fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clusters: _Clusters | None,
-                 settings: dict[str, Any]) -> str:
+def _fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 clusters: ClusterGeometry | None, settings: dict[str, Any]) -> str:
     """Hash of model, data and settings: a state file only resumes the evaluation it began."""
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     tensors = [t for _, t in sorted(model.state_dict().items())] + [x, y]
@@ -504,7 +422,7 @@ class _Evaluation:
 
         return run
 
-    def adaptive(self, info: _Clusters, steps: int, seed: int
+    def adaptive(self, info: ClusterGeometry, steps: int, seed: int
                  ) -> Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]:
         step_size = 2.5 * self.eps / steps
 
@@ -519,60 +437,46 @@ class _Evaluation:
         return run
 
 
-def evaluate_robustness(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
-    version: str = "standard", attacks: list[str] | None = None, batch_size: int = 500,
-    seed: int = 0, device: str | torch.device = "cpu",
-    state_path: str | Path | StoragePath | None = None,
-    n_iter: int | None = None, n_restarts: int | None = None,
-    n_target_classes: int | None = None, n_queries: int | None = None,
-    embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    centroids: torch.Tensor | None = None, centroid_class: torch.Tensor | None = None,
-    adaptive_steps: int = 100, progress: Progress | None = None, dataset: str | None = None,
-    head: str | None = None, checkpoint: str | None = None,
-    config: dict[str, Any] | None = None,
-) -> RobustnessResult:
+def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        options: AttackOptions, *, device: str | torch.device = "cpu",
+                        geometry: ClusterGeometry | None = None,
+                        state_path: str | Path | StoragePath | None = None,
+                        progress: Progress | None = None,
+                        provenance: Provenance | None = None) -> RobustnessResult:
     """Run AutoAttack on (x, y) in [0, 1], plus the CE-only and adaptive checks, and audit them.
 
-    ``version`` picks AutoAttack's ensemble; ``custom`` runs ``attacks`` in the given order, and
-    only there may ``n_iter`` (APGD and FAB iterations), ``n_restarts`` (every attack),
-    ``n_target_classes`` (APGD-T, FAB-T) and ``n_queries`` (Square) change the budgets.
-    The adaptive attack (``adaptive_steps`` Linf PGD steps of 2.5*eps/steps) runs when
-    ``embed``, ``centroids`` [C*K, d] and ``centroid_class`` [C*K] are given, or by itself when
-    ``model`` is a :class:`trainable.Classifier` with a :class:`trainable.ClusterHead` and the
-    norm is Linf. ``state_path`` saves progress after every batch; calling again with the
-    same model, data and settings resumes there. The model runs in eval mode without parameter
-    gradients; both are restored afterwards. ``dataset``, ``head``, ``checkpoint`` and
-    ``config`` are copied into the result.
+    The adaptive attack runs when ``geometry`` is given, or by itself when ``model`` is a
+    :class:`trainable.Classifier` with a :class:`trainable.ClusterHead` and the norm is Linf.
+    ``state_path`` saves progress after every batch; calling again with the same model, data
+    and options resumes there. The model runs in eval mode without parameter gradients; both
+    are restored afterwards. ``provenance`` is copied into the result.
     """
-    budget = {"n_iter": n_iter, "n_restarts": n_restarts, "n_target_classes": n_target_classes,
-              "n_queries": n_queries}
-    _check_options(version, norm, eps, attacks, budget, batch_size, adaptive_steps)
+    eps, norm = options.threat_model()
     _check_data(x, y)
     x = x.detach().to(device=device, dtype=torch.float32)
     y = y.detach().to(device=device, dtype=torch.long)
-    info = _cluster_info(model, embed, centroids, centroid_class, norm, y)
+    info = _geometry(model, geometry, norm, y)
     report = progress or (lambda stage, done, total: None)
     flags: list[str] = []
     with _inference_only(model), _autoattack_flags(flags):
-        adversary = _build_adversary(model, norm=norm, eps=eps, version=version,
-                                     attacks=attacks, seed=seed, device=device, budget=budget)
+        adversary = _build_adversary(model, options, device)
         ensemble = list(adversary.attacks_to_run)
         settings = {name: _attack_settings(adversary, name) for name in ensemble}
         ce_separate = ensemble[0] != "apgd-ce"
         if ce_separate:
             settings[CE_ONLY] = _attack_settings(adversary, CE_ONLY)
+        steps = options.adaptive_steps
         if info is not None:
-            settings[ADAPTIVE] = {"steps": adaptive_steps, "step_size": 2.5 * eps / adaptive_steps,
-                                  "restarts": 1}
-        run_settings = {"eps": eps, "norm": norm, "version": version, "attacks": ensemble,
-                        "attack_settings": settings, "seed": seed, "batch_size": batch_size}
+            settings[ADAPTIVE] = {"steps": steps, "step_size": 2.5 * eps / steps, "restarts": 1}
+        run_settings = {"eps": eps, "norm": norm, "version": options.version,
+                        "attacks": ensemble, "attack_settings": settings,
+                        "seed": options.seed, "batch_size": options.batch_size}
         state = _State(storage_path(state_path) if state_path is not None else None,
                        _fingerprint(model, x, y, info, run_settings))
         for message in state.data["flags"]:
             _add_flag(flags, message)
         state.data["flags"] = flags  # the collector now appends to what the state saves
-        run = _Evaluation(model, x, y, eps, norm, batch_size, state, report)
+        run = _Evaluation(model, x, y, eps, norm, options.batch_size, state, report)
         clean = run.clean_correct()
         n = len(clean)
         earlier: set[int] = set()
@@ -584,13 +488,14 @@ def evaluate_robustness(
         if ce_separate:
             run.run_stage(CE_ONLY, correct, run.autoattack(adversary, CE_ONLY))
         if info is not None:
-            run.run_stage(ADAPTIVE, correct, run.adaptive(info, adaptive_steps, seed))
+            run.run_stage(ADAPTIVE, correct, run.adaptive(info, steps, options.seed))
         result = _summarise(state, ensemble, ce_separate, info is not None, y.tolist(),
                             run_settings, adversary)
         state.save()
+    about = provenance or Provenance()
     result.wall_time_s = state.data["elapsed_s"]
-    result.dataset, result.head, result.checkpoint = dataset, head, checkpoint
-    result.config = dict(config or {})
+    result.dataset, result.head, result.checkpoint = about.dataset, about.head, about.checkpoint
+    result.config = dict(about.config)
     return result
 
 
@@ -622,15 +527,12 @@ def _summarise(state: _State, ensemble: list[str], ce_separate: bool, adaptive: 
     clean_acc, aa_acc, ce_acc = sum(clean) / n, sum(alive) / n, sum(ce_robust) / n
     checks.check_square_sr({"clean": clean_acc, **per_attack}, logger=adversary.logger)
     flags = list(state.data["flags"])
-    masking = list(flags)
-    if 100 * (sum(ce_robust) - sum(alive)) > CE_GAP_POINTS * n:
-        masking.append("ce_gap")
+    masking = flags + gap_flags(n, sum(alive), sum(ce_robust),
+                                sum(adaptive_robust) if adaptive else None)
     adaptive_acc = adaptive_gap = None
     if adaptive:
         adaptive_acc = sum(adaptive_robust) / n
         adaptive_gap = aa_acc - adaptive_acc
-        if 100 * (sum(alive) - sum(adaptive_robust)) > ADAPTIVE_GAP_POINTS * n:
-            masking.append("adaptive_gap")
     stages = list(state.data["stages"].values())
     return RobustnessResult(
         eps=run_settings["eps"], norm=run_settings["norm"], version=run_settings["version"],
@@ -651,31 +553,30 @@ def _summarise(state: _State, ensemble: list[str], ce_separate: bool, adaptive: 
     )
 
 
-def evaluate_checkpoint(path: str | Path, *, head: str | None = None, examples: int = 500,
-                        split: str = "test", eps: float | None = None,
-                        version: str = "standard", device: str | torch.device = "cpu",
+def evaluate_checkpoint(path: str | Path, options: AttackOptions | None = None, *,
+                        head: str | None = None, examples: int = 500, split: str = "test",
+                        device: str | torch.device = "cpu",
                         state_path: str | Path | StoragePath | None = None,
-                        progress: Progress | None = None,
-                        **options: Any) -> RobustnessResult:
+                        progress: Progress | None = None) -> RobustnessResult:
     """Evaluate a clustune checkpoint on the first ``examples`` images of its dataset's split.
 
     ``split`` is "test" (final reports) or "val" (the held-out part of the training set that
-    search decisions use); ``eps`` defaults to the threat model the model was validated for
-    (``eval.eps``, else ``attack.eps``, else the dataset's); ``head`` re-heads a clustering model.
-    Further ``options`` (attacks, batch_size, seed, n_iter, ...) go to
-    :func:`evaluate_robustness`.
+    search decisions use); an ``options.eps`` of None is the threat model the model was
+    validated for (``eval.eps``, else ``attack.eps``, else the dataset's); ``head`` re-heads a
+    clustering model.
     """
     if split not in ("test", "val"):
         raise ValueError(f"unknown split {split!r}; choose test or val")
     if examples < 1:
         raise ValueError(f"examples must be at least 1, got {examples}")
     clf, cfg, state = load_classifier(path, head, device)
-    d = cfg.data
+    options = options or AttackOptions()
+    if options.eps is None:
+        options = AttackOptions(**{**vars(options), "eps": cfg.eval_eps})
     data = load_dataset(cfg)
     x_all, y_all = (data.x_test, data.y_test) if split == "test" else (data.x_val, data.y_val)
     x = x_all[:examples].float() / 255.0
-    return evaluate_robustness(
-        clf, x, y_all[:examples], eps=cfg.eval_eps if eps is None else eps,
-        version=version, device=device, state_path=state_path, progress=progress,
-        dataset=d.dataset, head=head or state.get("head_kind", "linear"),
-        checkpoint=str(path), config=cfg.model_dump(mode="json"), **options)
+    about = Provenance(cfg.data.dataset, head or state.get("head_kind", "linear"), str(path),
+                       cfg.model_dump(mode="json"))
+    return evaluate_robustness(clf, x, y_all[:examples], options, device=device,
+                               state_path=state_path, progress=progress, provenance=about)

@@ -15,15 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scipy import stats
-
 from trainable import StoragePath, storage_path
 
-from ._ranking import flags_of, worst_case
+from ._audit import flags_of
+from ._ranking import worst_case
 from ._results import EXPORT_TRIALS, META_FILE, load_experiment
 
-__all__ = ["Confirmation", "load_confirmations", "has_confirmation", "CONFIRM_DIR", "SEED_MARK"]
+__all__ = ["Confirmation", "load_confirmations", "has_confirmation", "BASELINES", "CONFIRM_DIR",
+           "SEED_MARK"]
 
+BASELINES = ("pgd_at", "trades")  # baselines a confirmation may add: named by their objective
 CONFIRM_DIR = "confirm"
 SEED_MARK = "@seed"  # point names: CONFIG@seedN
 # pyautoattack's attacks_to_run for version="standard", in its order: how an audit is named
@@ -64,6 +65,8 @@ class Confirmation:
         n = len(self.values)
         if n < 2:
             return math.nan, math.nan
+        from scipy import stats  # only here: scipy takes a second to import
+
         half = stats.t.ppf(0.975, n - 1) * self.sd / math.sqrt(n)
         return self.mean - half, self.mean + half
 
@@ -73,6 +76,8 @@ class Confirmation:
         NaN where either side has fewer than two seeds."""
         if len(self.values) < 2 or len(other.values) < 2:
             return math.nan, math.nan, math.nan
+        from scipy import stats
+
         low, high = stats.ttest_ind(self.values, other.values,
                                     equal_var=False).confidence_interval(0.95)
         return self.mean - other.mean, float(low), float(high)

@@ -10,107 +10,21 @@ Order (docs/exports.md, "Ranking"):
    them unless asked);
 3. trials the final stage did not audit, by the search metric at their best epoch (the proxy).
 
-A flag carries a short code, its evidence and whether it is above the threshold that demotes a
-trial. AutoAttack's zero-gradient warning on a handful of points is not masking: a masked model
-has (nearly) every point it checks at zero gradient.
+A flag (:mod:`._audit`) carries a short code, its evidence and whether it is above the
+threshold that demotes a trial.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from ._audit import Flag, flags_of
 from ._results import Experiment, TrialRecord
 
-__all__ = ["Flag", "RankedTrial", "flags_of", "rank_trials", "worst_case", "FLAG_LEGEND",
-           "ZERO_GRAD_FRACTION", "SQUARE_GAIN_POINTS"]
+__all__ = ["RankedTrial", "pareto_front", "rank_trials", "worst_case"]
 
-ZERO_GRAD_FRACTION = 0.2  # aa_zero_grad demotes when >= 20 % of the points checked have none
-SQUARE_GAIN_POINTS = 1.0  # aa_square_gain demotes when Square beats the gradient attacks by >= 1
 AUDIT, AUDIT_FLAGGED, PROXY = "audit", "audit, flagged", "proxy"
-
-FLAG_LEGEND = {
-    "aa_zero_grad": f"AutoAttack found points with zero gradient (demotes at >= "
-                    f"{ZERO_GRAD_FRACTION:.0%} of the points it checked)",
-    "aa_square_gain": f"the gradient-free Square attack broke points the gradient attacks "
-                      f"missed (demotes at >= {SQUARE_GAIN_POINTS:g} point)",
-    "aa_randomized": "the model's outputs change between calls (a randomized defence)",
-    "aa_probabilities": "the model returns probabilities, not logits",
-    "aa_dynamic": "the model changes while it is attacked (a dynamic defence)",
-    "aa_classes": "too few classes for the DLR losses (a set-up note, never demotes)",
-    "aa_other": "another AutoAttack warning (always demotes)",
-    "ce_gap": "CE-only APGD leaves > 10 points more accuracy than the ensemble (the raw head's "
-              "signature)",
-    "adaptive_gap": "the adaptive embedding attack beats AutoAttack by > 5 points",
-}
-
-_AUTOATTACK_CODES = (
-    (re.compile(r"there are (\d+) points with zero gradient"), "aa_zero_grad"),
-    (re.compile(r"Square Attack has decreased the robust accuracy of ([\d.]+)%"),
-     "aa_square_gain"),
-    (re.compile(r"randomized defense"), "aa_randomized"),
-    (re.compile(r"probability distribution"), "aa_probabilities"),
-    (re.compile(r"dynamic defense"), "aa_dynamic"),
-    (re.compile(r"not possible to use the (targeted )?DLR loss|target classes"), "aa_classes"),
-)
-
-
-@dataclass(frozen=True)
-class Flag:
-    """One masking symptom of one evaluation: its code, what was seen, and whether it is above
-    the threshold that demotes the trial."""
-
-    code: str
-    head: str
-    evidence: str
-    demotes: bool
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.code}({self.head}: {self.evidence})" if self.demotes else \
-            f"{self.code}({self.head}: {self.evidence}, below threshold)"
-
-
-def _gap(result: dict[str, Any], key: str) -> str:
-    """ce_gap / adaptive_gap in points (an export keeps the accuracies, not the gaps)."""
-    high, low = ("ce_only_acc", "autoattack_acc") if key == "ce_gap" else \
-        ("autoattack_acc", "adaptive_acc")
-    value = result.get(key)
-    if value is None and all(isinstance(result.get(k), (int, float)) for k in (high, low)):
-        value = result[high] - result[low]
-    return f"{100 * value:.1f} points" if isinstance(value, (int, float)) else "?"
-
-
-def flags_of(result: dict[str, Any]) -> list[Flag]:
-    """The flags of one final-stage result (its masking_flags, as written or exported)."""
-    head = result.get("head") or "-"
-    checked = min(result.get("batch_size") or result.get("n_examples") or 1,
-                  result.get("n_examples") or 1)
-    flags = []
-    for message in result.get("masking_flags") or []:
-        if message in ("ce_gap", "adaptive_gap"):
-            flags.append(Flag(message, head, _gap(result, message), True, message))
-            continue
-        code, evidence, demotes = "aa_other", "see message", True
-        for pattern, name in _AUTOATTACK_CODES:
-            match = pattern.search(message)
-            if match is None:
-                continue
-            code, evidence = name, "reported"
-            if name == "aa_zero_grad":
-                count = int(match.group(1))
-                evidence = f"{count} of {checked} points checked"
-                demotes = count >= ZERO_GRAD_FRACTION * checked
-            elif name == "aa_square_gain":
-                gain = float(match.group(1))
-                evidence = f"{gain:g} points"
-                demotes = gain >= SQUARE_GAIN_POINTS
-            elif name == "aa_classes":
-                demotes = False
-            break
-        flags.append(Flag(code, head, evidence, demotes, message))
-    return flags
 
 
 def worst_case(result: dict[str, Any]) -> float:
@@ -171,3 +85,9 @@ def rank_trials(experiment: Experiment) -> list[RankedTrial]:
     entries.sort(key=lambda e: e[0])
     return [RankedTrial(rank, trial, by, audited, proxy, flags)
             for rank, (_, by, trial, audited, proxy, flags) in enumerate(entries, 1)]
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+    """Which points no other point beats on both coordinates (both maximised)."""
+    return [not any(qa >= pa and qb >= pb and (qa, qb) != (pa, pb) for qa, qb in points)
+            for pa, pb in points]

@@ -4,7 +4,8 @@ once), or its tables alone as Markdown, to commit beside exported results and qu
 It shows what a search found and how far to trust it: the clean/robust Pareto front, which
 parameters mattered, learning curves of the best trials, the AutoAttack results with their
 gradient-masking flags, and a table in the shape of the reference paper's. It works while the
-search is still running: trials without epochs are listed, sections without data say why.
+search is still running: trials without epochs are listed, sections without data say why. The
+tables are :mod:`._tables`'; the page is the template ``templates/report.html``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import html
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,55 +25,34 @@ from plotly.subplots import make_subplots
 
 from trainable import StoragePath, TrainConfig, storage_path
 
-from ._confirmation import Confirmation, load_confirmations
-from ._ranking import FLAG_LEGEND, RankedTrial, flags_of, rank_trials
-from ._results import Experiment, TrialRecord, load_experiment
+from ._confirmation import load_confirmations
+from ._ranking import pareto_front, rank_trials
+from ._results import Experiment, load_experiment
+from ._tables import (
+    Table,
+    _params,
+    _templates,
+    autoattack_table,
+    confirmation_table,
+    paper_table,
+    to_html,
+    to_markdown,
+    trials_table,
+)
 
-__all__ = ["pareto_front", "write_report", "markdown_table"]
+__all__ = ["write_report"]
 
 CURVES = 5  # trials in the learning curves
-TABLE_ROWS = 20  # trials in the paper-style table (AutoAttack-evaluated ones always shown)
 FINISHED = ("TERMINATED", "ERROR")
-FLAGS = "flags"
-
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }
-td { overflow-wrap: anywhere; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
-th { background: #f2f2f2; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.note { color: #555; font-style: italic; }
-.flag { color: #b00020; font-weight: bold; }
-"""
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value))
 
 
 def _note(text: str) -> str:
-    return f'<p class="note">{_esc(text)}</p>'
-
-
-def _pct(v: Any) -> str:
-    return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "-"
+    return f'<p class="note">{html.escape(text)}</p>'
 
 
 def _figure(fig: go.Figure) -> str:
     return pio.to_html(fig, full_html=False, include_plotlyjs=False,
                        config={"displaylogo": False, "responsive": True})
-
-
-def _params(trial: TrialRecord) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in trial.params.items())
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
-    """Which points no other point beats on both coordinates (both maximised)."""
-    return [not any(qa >= pa and qb >= pb and (qa, qb) != (pa, pb) for qa, qb in points)
-            for pa, pb in points]
 
 
 def _pareto(experiment: Experiment) -> str:
@@ -161,191 +140,6 @@ def _curves(experiment: Experiment) -> str:
     return _figure(fig)
 
 
-@dataclass
-class _Table:
-    """A table as plain text, rendered to HTML or Markdown."""
-
-    header: list[str]
-    rows: list[list[str]]
-    numeric: tuple[int, ...] = ()  # right-aligned columns
-    note: str = ""
-
-
-def _html_table(table: _Table) -> str:
-    """Cells are escaped here; masking flags and trial problems are shown as warnings."""
-    warn = {i for i, h in enumerate(table.header) if h in (FLAGS, "problem")}
-
-    def cell(i: int, text: str) -> str:
-        body = _esc(text)
-        if i in warn and text not in ("none", "-", ""):
-            body = f'<span class="flag">{body}</span>'
-        return f'<td class="num">{body}</td>' if i in table.numeric else f"<td>{body}</td>"
-
-    head = "".join(f"<th>{_esc(h)}</th>" for h in table.header)
-    body = "".join("<tr>" + "".join(cell(i, c) for i, c in enumerate(row)) + "</tr>"
-                   for row in table.rows)
-    html_table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-    return html_table + (_note(table.note) if table.note else "")
-
-
-def markdown_table(header: list[str], rows: list[list[str]], numeric: tuple[int, ...] = ()
-                   ) -> str:
-    """A GitHub Markdown table (numeric columns right-aligned, pipes in cells escaped): the
-    one writer of the reports' and the benchmarks' tables."""
-
-    def cells(texts: list[str]) -> str:
-        return "| " + " | ".join(t.replace("|", "\\|").replace("\n", " ") for t in texts) + " |"
-
-    lines = [cells(header), "|" + "|".join("---:" if i in numeric else "---"
-                                          for i in range(len(header))) + "|"]
-    return "\n".join(lines + [cells(row) for row in rows])
-
-
-def _md_table(table: _Table) -> str:
-    return markdown_table(table.header, table.rows, table.numeric) + "\n" + (
-        f"\n*{table.note}*\n" if table.note else "")
-
-
-def _flag_text(result: dict[str, Any]) -> str:
-    """Short codes (the legend below the table explains them; the JSON keeps the messages)."""
-    return ", ".join(f.code if f.demotes else f"{f.code} (below threshold)"
-                     for f in flags_of(result)) or "none"
-
-
-def _legend(finals: list[dict[str, Any]]) -> str:
-    codes = dict.fromkeys(f.code for r in finals for f in flags_of(r))
-    return " Flags: " + "; ".join(f"{c}: {FLAG_LEGEND[c]}" for c in codes) + "." if codes else ""
-
-
-def _own_head(experiment: Experiment, trial: TrialRecord) -> str:
-    cfg = experiment.trial_config(trial)
-    return cfg.clusters.head if cfg.is_clustering else "linear"
-
-
-def _variant(experiment: Experiment, trial: TrialRecord) -> str:
-    return trial.params.get("point") or \
-        f"{experiment.trial_config(trial).objective.variant} ({_params(trial)})"
-
-
-def _table_order(experiment: Experiment) -> list[TrialRecord]:
-    """A search over fixed points keeps the points' order (the paper's rows); a search over a
-    space keeps the ranking's."""
-    ranked = [r.trial for r in rank_trials(experiment)]
-    points = list(experiment.meta.points)
-    if points:
-        ranked.sort(key=lambda t: points.index(t.params["point"])
-                    if t.params.get("point") in points else len(points))
-    return ranked
-
-
-def _autoattack_table(experiment: Experiment, finals: list[dict[str, Any]]) -> _Table:
-    variants = {t.trial_id: _variant(experiment, t) for t in experiment.trials}
-    attacks = list(dict.fromkeys(a for r in finals for a in r.get("per_attack_acc") or {}))
-    header = ["trial", "variant", "head", "examples", "eps", "clean", "AutoAttack", "CE-only",
-              *[f"after {a}" for a in attacks], "adaptive", "time (min)", FLAGS]
-    rows = [[r["trial_id"], variants.get(r["trial_id"], "-"), r["head"],
-             str(r.get("n_examples", "-")),
-             f"{r['eps']:.4g}" if isinstance(r.get("eps"), float) else str(r.get("eps", "-")),
-             _pct(r.get("clean_acc")), _pct(r.get("autoattack_acc")), _pct(r.get("ce_only_acc")),
-             *[_pct((r.get("per_attack_acc") or {}).get(a)) for a in attacks],
-             _pct(r.get("adaptive_acc")), _minutes(r.get("wall_time_s")), _flag_text(r)]
-            for r in finals]
-    return _Table(header, rows, tuple(range(3, len(header) - 1)),
-                  "Accuracies in % on the test points. A flag means a gradient-masking symptom: "
-                  "do not trust the PGD numbers of that model." + _legend(finals))
-
-
-def _paper_table(experiment: Experiment, finals: list[dict[str, Any]]) -> _Table | str:
-    order = _table_order(experiment)
-    if not order:
-        return "No trial has finished an epoch yet."
-    by_trial: dict[str, list[dict[str, Any]]] = {}
-    for r in finals:
-        by_trial.setdefault(r["trial_id"], []).append(r)
-    shown = [t for i, t in enumerate(order) if i < TABLE_ROWS or t.trial_id in by_trial]
-    rows = []
-    for t in shown:
-        variant = _variant(experiment, t)
-        for r in sorted(by_trial.get(t.trial_id, []), key=lambda r: r["head"]):
-            rows.append([variant, t.trial_id, r["head"], _pct(r.get("clean_acc")),
-                         _pct(r.get("ce_only_acc")), _pct(r.get("autoattack_acc")),
-                         _flag_text(r), f"{r.get('n_examples', '?')} test images"])
-        if t.trial_id not in by_trial:
-            cfg = experiment.trial_config(t)
-            best = t.best(experiment.metric, experiment.mode)
-            rows.append([variant, t.trial_id, _own_head(experiment, t),
-                         _pct(best.get("val_clean_acc")), _pct(best.get("val_pgd_acc")), "-",
-                         "-", f"{cfg.eval.examples} validation images, PGD-{cfg.eval.pgd_steps}"])
-    more = f" {len(order) - len(shown)} lower-ranked trials are left out." \
-        if len(shown) < len(order) else ""
-    return _Table(["variant", "trial", "head", "clean (%)", "PGD-CE (%)", "AutoAttack (%)",
-                   FLAGS, "measured on"], rows, (3, 4, 5),
-                  "As in the paper's table: clean accuracy, robust accuracy under a CE-only "
-                  "attack (APGD-CE on the test images where the final stage ran, else the "
-                  "search's validation PGD on the trial's own head at its kept epoch) and under "
-                  "AutoAttack. A masked model looks robust to the CE-only attack and not to "
-                  "AutoAttack." + more + _legend(finals))
-
-
-def _trials_table(experiment: Experiment) -> _Table:
-    ranking: list[RankedTrial] = rank_trials(experiment)
-    ranked = {r.trial.trial_id: r for r in ranking}
-    rows = []
-    for t in [r.trial for r in ranking] + [t for t in experiment.trials
-                                           if t.trial_id not in ranked]:
-        best = t.best(experiment.metric, experiment.mode)
-        r = ranked.get(t.trial_id)
-        rows.append([str(r.rank) if r else "-", t.trial_id, _variant(experiment, t), t.status,
-                     str(t.epochs), _pct(best.get("val_clean_acc")),
-                     _pct(best.get("val_pgd_acc")), _pct(best.get("val_robust_acc")),
-                     _num(best.get("val_margin")), _pct(r and r.audited_acc),
-                     r.ranked_by if r else "-", r.flag_codes if r and r.flagged else "none",
-                     _minutes(t.last.get("time_total_s")), t.problem or ""])
-    return _Table(["rank", "trial", "variant", "status", "epochs", "best clean (%)",
-                   "best PGD (%)", "best robust (%)", "margin", "audited (%)", "ranked by", FLAGS,
-                   "time (min)", "problem"], rows,
-                  (0, 4, 5, 6, 7, 8, 9, 12),
-                  "Ranked by the audit: trials the final stage evaluated by their audited "
-                  "robust accuracy (the worst case over every attack and head it ran, on the "
-                  "test images), flagged ones after unflagged ones, then the others by the "
-                  "search metric on validation. Validation figures at each trial's best epoch "
-                  "on the search metric; PGD: the trial's own head; robust: every evaluation "
-                  "attack (the search metric's proxy); margin: the median embedding-space "
-                  "margin of the validation images (clustering variants). Time: the trial's "
-                  "training and validation, warm start excluded.")
-
-
-def _confirmation_table(experiment: Experiment) -> _Table | None:
-    found = load_confirmations(experiment.path)
-    if not found:
-        return None
-    baselines = [c for c in found if c.baseline]
-    rows = []
-    for c in found:
-        low, high = c.interval
-        rows.append([c.config, str(len(c.values)), ", ".join(_pct(v) for v in c.values),
-                     _pct(c.mean), _pct(c.sd), f"{_pct(low)}-{_pct(high)}",
-                     *(_difference(c, b) for b in baselines), str(c.n_examples), c.audit,
-                     str(c.flagged_seeds)])
-    n = len(baselines)
-    return _Table(["configuration", "seeds", "per seed (%)", "mean (%)", "sd (points)",
-                   "95 % interval (%)", *(f"minus {b.config} (points)" for b in baselines),
-                   "test images", "audit", "flagged seeds"], rows,
-                  (1, 3, 4, *range(6, 7 + n), 8 + n),
-                  "clustune confirm: each configuration retrained with new seeds at the search's "
-                  "budget and audited (worst case over every attack and head); the interval is "
-                  "a t-interval of the mean over seeds; \"minus\" columns: the difference of "
-                  "the means to that baseline with its 95 % Welch interval in brackets (an "
-                  "interval that contains 0 means no evidence of a difference).")
-
-
-def _difference(c: Confirmation, baseline: Confirmation) -> str:
-    if c is baseline:
-        return "-"
-    diff, low, high = c.minus(baseline)
-    return f"{100 * diff:+.1f} ({100 * low:+.1f} to {100 * high:+.1f})"
-
-
 def _summary_items(experiment: Experiment,
                    finals: list[dict[str, Any]]) -> list[tuple[str, str]]:
     meta, search = experiment.meta, experiment.meta.search
@@ -371,31 +165,28 @@ def _summary_items(experiment: Experiment,
                         f"{final_time / 3600:.2f} hours of AutoAttack")]
 
 
-def _num(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, (int, float)) else "-"
+def _html_section(content: Table | str) -> str:
+    return to_html(content) if isinstance(content, Table) else _note(content)
 
 
-def _minutes(seconds: Any) -> str:
-    return f"{seconds / 60:.1f}" if isinstance(seconds, (int, float)) else "-"
+def _md_section(content: Table | str) -> str:
+    return to_markdown(content) if isinstance(content, Table) else f"*{content}*\n"
 
 
-def _html_section(content: _Table | str) -> str:
-    return _html_table(content) if isinstance(content, _Table) else _note(content)
-
-
-def _md_section(content: _Table | str) -> str:
-    return _md_table(content) if isinstance(content, _Table) else f"*{content}*\n"
+def _confirmation(experiment: Experiment) -> Table | None:
+    found = load_confirmations(experiment.path)
+    return confirmation_table(found, experiment.name) if found else None
 
 
 def _markdown(experiment: Experiment, finals: list[dict[str, Any]]) -> str:
     """The report's tables as Markdown, a function of the experiment alone (no date), so
     documents that quote it can be checked against the result files."""
     summary = "".join(f"- **{k}**: {v}\n" for k, v in _summary_items(experiment, finals))
-    sections = [("Results in the paper's shape", _paper_table(experiment, finals)),
-                ("AutoAttack (final stage)", _autoattack_table(experiment, finals) if finals else
+    sections = [("Results in the paper's shape", paper_table(experiment)),
+                ("AutoAttack (final stage)", autoattack_table(experiment) if finals else
                  "No AutoAttack results yet."),
-                ("All trials", _trials_table(experiment))]
-    confirmed = _confirmation_table(experiment)
+                ("All trials", trials_table(experiment))]
+    confirmed = _confirmation(experiment)
     if confirmed is not None:
         sections.insert(2, ("Confirmation across seeds", confirmed))
     body = "".join(f"\n## {h}\n\n{_md_section(c)}" for h, c in sections)
@@ -405,27 +196,21 @@ def _markdown(experiment: Experiment, finals: list[dict[str, Any]]) -> str:
 def _html(experiment: Experiment, finals: list[dict[str, Any]]) -> str:
     items = [*_summary_items(experiment, finals),
              ("report written", time.strftime("%Y-%m-%d %H:%M:%S"))]
-    summary = "<ul>" + "".join(f"<li><b>{_esc(k)}</b>: {_esc(v)}</li>" for k, v in items) + \
-        "</ul>"
-    aa = _html_table(_autoattack_table(experiment, finals)) if finals else _note(
+    aa = to_html(autoattack_table(experiment)) if finals else _note(
         "No AutoAttack results yet: the final stage writes final/<trial>-<head>.json once the "
         "search has finished.")
-    sections = [("Summary", summary),
-                ("Results in the paper's shape", _html_section(_paper_table(experiment, finals))),
+    sections = [("Results in the paper's shape", _html_section(paper_table(experiment))),
                 ("Clean/robust Pareto front", _pareto(experiment)),
                 ("Parameter importances", _importances(experiment)),
                 ("Learning curves", _curves(experiment)),
                 ("AutoAttack (final stage)", aa),
-                ("All trials", _html_table(_trials_table(experiment)))]
-    confirmed = _confirmation_table(experiment)
+                ("All trials", to_html(trials_table(experiment)))]
+    confirmed = _confirmation(experiment)
     if confirmed is not None:
-        sections.insert(2, ("Confirmation across seeds", _html_table(confirmed)))
-    title = f"clustune report: {experiment.name}"
-    body = "".join(f"<section><h2>{_esc(h)}</h2>{content}</section>" for h, content in sections)
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f"<title>{_esc(title)}</title><style>{STYLE}</style>"
-            f'<script type="text/javascript">{get_plotlyjs()}</script></head>'
-            f"<body><h1>{_esc(title)}</h1>{body}</body></html>")
+        sections.insert(1, ("Confirmation across seeds", to_html(confirmed)))
+    return _templates().get_template("report.html").render(
+        title=f"clustune report: {experiment.name}", summary=items, sections=sections,
+        plotlyjs=get_plotlyjs())
 
 
 def write_report(path: str | Path | StoragePath, out: str | Path | StoragePath | None = None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from trainable import (
     ClustuneError,
@@ -46,6 +46,8 @@ FINAL_DIR = "final"  # the final stage: final/TRIAL-HEAD.json, in analysis's res
 WARM_START_DIR = "warm_start"  # the shared CE warm starts: warm_start/KEY.pt
 EXPORT_TRIALS = "trials.parquet"  # `clustune export`: one row per trial (analysis._export)
 EXPORT_EPOCHS = "epochs.parquet"  # and one row per trial and epoch
+# the search settings analysis reads from clustune.json (search.SearchSettings owns them)
+SEARCH_KEYS = ("metric", "mode", "objectives", "sampler", "scheduler", "max_concurrent")
 
 
 def study_file(experiment: str | Path | StoragePath) -> Path:
@@ -120,25 +122,31 @@ class ExperimentMeta(BaseModel):
     config: dict[str, Any]  # the search config: description, base, train, space, points, search
     base: dict[str, Any]  # the trials' common training config (before each trial's params)
 
+    @model_validator(mode="after")
+    def _search_settings(self) -> ExperimentMeta:
+        """The search settings analysis reads are written by every search (search owns their
+        defaults): a file without them is not an experiment's."""
+        missing = [k for k in SEARCH_KEYS if k not in self.search]
+        if missing:
+            raise ValueError(f"config.search lacks {', '.join(missing)}")
+        return self
+
     @property
     def search(self) -> dict[str, Any]:
-        return self.config.get("search", {})
+        return self.config.get("search") or {}
 
     @property
     def metric(self) -> str:
-        return self.search.get("metric", "val_robust_acc")
+        return self.search["metric"]
 
     @property
     def mode(self) -> str:
-        return self.search.get("mode", "max")
-
-    @property
-    def multi_objective(self) -> bool:
-        return self.search.get("sampler") in ("nsga2", "motpe")
+        return self.search["mode"]
 
     @property
     def objectives(self) -> list[str]:
-        return self.search.get("objectives", ["val_clean_acc", "val_robust_acc"])
+        """What a multi-objective sampler maximised (search.objectives)."""
+        return self.search["objectives"]
 
     @property
     def points(self) -> dict[str, dict[str, Any]]:

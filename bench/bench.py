@@ -217,11 +217,12 @@ def _search_config(train: dict[str, Any], search: dict[str, Any], space=None, po
 def _fit(cfg, folder: Path, name: str, callbacks=None):
     """Run a search in folder/name through a fresh Tuner; returns (experiment, seconds)."""
     from analysis import load_experiment
-    from search import build_tuner, prepare_warm_starts
+    from search import build_tuner, create_experiment, prepare_warm_starts
     from trainable import storage_path
 
     start = time.perf_counter()
     experiment = storage_path(folder / name)
+    create_experiment(cfg, experiment)
     tuner = build_tuner(cfg, experiment, callbacks=callbacks)
     prepare_warm_starts(cfg, experiment)
     tuner.fit()
@@ -293,7 +294,7 @@ def bench_final(rows: Rows, trainer: Trainer, examples: int = 100) -> None:
     work, not overhead)."""
     from pyautoattack import AutoAttack
 
-    from analysis import evaluate_robustness
+    from analysis import AttackOptions, evaluate_robustness
 
     torch.set_num_threads(CORES)
     model = torch.nn.Sequential(trainer.classifier()).eval()
@@ -301,7 +302,7 @@ def bench_final(rows: Rows, trainer: Trainer, examples: int = 100) -> None:
     y = trainer.data.y_test[:examples]
     eps = trainer.cfg.eval_eps
     start = time.perf_counter()
-    ours = evaluate_robustness(model, x, y, eps=eps, version="standard", seed=0)
+    ours = evaluate_robustness(model, x, y, AttackOptions(eps=eps, version="standard", seed=0))
     ours_s = time.perf_counter() - start
     start = time.perf_counter()
     adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0,

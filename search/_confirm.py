@@ -10,17 +10,16 @@ Running the command again continues it.
 
 from __future__ import annotations
 
-import argparse
-import math
+from dataclasses import dataclass
 from pathlib import Path
 
-from rich.table import Table
-
 from analysis import (
+    BASELINES,
     CONFIRM_DIR,
     META_FILE,
     SEED_MARK,
     Confirmation,
+    Experiment,
     load_confirmations,
     load_experiment,
     rank_trials,
@@ -28,14 +27,25 @@ from analysis import (
 )
 from trainable import StoragePath, TrainConfig
 
-from ._console import UsageError, attack_list, console
-from ._search_cmd import resume_search, run_search
+from ._errors import UsageError
+from ._events import OnEvent, ignore
+from ._lease import hold_lease
+from ._run import SearchOutcome, resume_search, run_search
 from ._spaces import SearchConfig
 
-__all__ = ["run_confirm", "confirmation_table", "BASELINES"]
+__all__ = ["ConfirmOutcome", "run_confirm", "NEW_RUN"]
 
-BASELINES = ("pgd_at", "trades")
 NEW_RUN = {"top": 1, "seeds": 3, "examples": 500}  # defaults of a new confirmation
+
+
+@dataclass(frozen=True)
+class ConfirmOutcome:
+    """The experiment confirmed, the confirmations found (complete ones once the search
+    ended) and the search that retrained them (in EXPERIMENT/confirm)."""
+
+    experiment: Experiment
+    confirmations: list[Confirmation]
+    search: SearchOutcome
 
 
 def _points(experiment, top: int, seeds: int, baselines: list[str]) -> dict[str, dict]:
@@ -92,19 +102,29 @@ def _fmt_option(value: object) -> str:
 def run_confirm(experiment_dir: str | Path | StoragePath, top: int | None = None,
                 seeds: int | None = None, baselines: list[str] | None = None,
                 examples: int | None = None, address: str | None = None,
-                attacks: list[str] | None = None) -> list[Confirmation]:
+                attacks: list[str] | None = None, on_event: OnEvent = ignore
+                ) -> ConfirmOutcome:
     """Retrain, audit and summarise (module docstring); continues an unfinished run, whose
     recorded options an option left as None keeps (a different one is refused). Defaults for a
     new run: top 1, 3 seeds, no baselines, 500 images; ``attacks`` audits with those AutoAttack
     attacks instead of its standard ensemble."""
+    if (top is not None and top < 1) or (examples is not None and examples < 1):
+        raise UsageError("--top and --examples must be at least 1")
     experiment = load_experiment(experiment_dir)
+    with hold_lease(experiment.path, "clustune confirm"):
+        return _confirm(experiment, top, seeds, baselines, examples, address, attacks,
+                        on_event)
+
+
+def _confirm(experiment: Experiment, top: int | None, seeds: int | None,
+             baselines: list[str] | None, examples: int | None, address: str | None,
+             attacks: list[str] | None, on_event: OnEvent) -> ConfirmOutcome:
     folder = experiment.path / CONFIRM_DIR
     if (folder / META_FILE).is_file():
         _check_same_options(folder, {
             "top": top, "seeds": seeds, "examples": examples, "attacks": attacks,
             "baselines": None if baselines is None else sorted(set(baselines))})
-        console.print(f"continuing the confirmation in {folder}", markup=False)
-        resume_search(folder, address)
+        outcome = resume_search(folder, address, on_event=on_event)
     else:
         top = NEW_RUN["top"] if top is None else top
         seeds = NEW_RUN["seeds"] if seeds is None else seeds
@@ -121,58 +141,5 @@ def run_confirm(experiment_dir: str | Path | StoragePath, top: int | None = None
                        "cpus_per_trial": s.cpus_per_trial, "gpus_per_trial": s.gpus_per_trial,
                        "final_top_k": len(points), "final_examples": examples,
                        "final_attacks": attacks}})
-        run_search(cfg, folder, address)
-    found = load_confirmations(experiment.path)
-    console.print(confirmation_table(found, experiment.name))
-    return found
-
-
-def confirmation_table(found: list[Confirmation], name: str) -> Table:
-    """Per configuration: the seeds' audits, mean, sd, 95 % interval, and the difference to
-    each baseline with its 95 % Welch interval."""
-    baselines = [c for c in found if c.baseline]
-    table = Table(title=f"{name}: audited robust accuracy across seeds (worst case over "
-                  "attacks and heads, test set)")
-    for col in ("configuration", "seeds", "per seed", "mean", "sd", "95 % interval",
-                *(f"minus {b.config} (95 % interval)" for b in baselines), "images", "audit",
-                "flagged seeds"):
-        table.add_column(col)
-    for c in found:
-        low, high = c.interval
-        table.add_row(c.config, str(len(c.values)), ", ".join(f"{v:.3f}" for v in c.values),
-                      f"{c.mean:.3f}", "-" if math.isnan(c.sd) else f"{c.sd:.3f}",
-                      "-" if math.isnan(low) else f"{low:.3f}-{high:.3f}",
-                      *("-" if b is c else "{:+.3f} ({:+.3f} to {:+.3f})".format(*c.minus(b))
-                        for b in baselines),
-                      str(c.n_examples), c.audit, str(c.flagged_seeds))
-    return table
-
-
-def _cmd_confirm(args: argparse.Namespace) -> int:
-    if (args.top is not None and args.top < 1) or (args.examples is not None
-                                                     and args.examples < 1):
-        raise UsageError("--top and --examples must be at least 1")
-    run_confirm(args.dir, args.top, args.seeds, args.baseline, args.examples, args.address,
-                args.attacks)
-    return 0
-
-
-def add_confirm_command(sub) -> None:
-    p = sub.add_parser("confirm", help="retrain the best configs with new seeds and audit them",
-                       description="Retrain the top configurations of the ranking (and named "
-                       "baselines) with new seeds as Ray trials, audit each with the final "
-                       "stage, and report the mean, standard deviation and 95 %% interval per "
-                       "configuration. Results go to DIR/confirm; running it again continues it, "
-                       "with the options it was started with.")
-    p.add_argument("dir", help="the experiment: its folder, or its URI in cloud storage")
-    p.add_argument("--top", type=int, help="configurations to confirm (default 1)")
-    p.add_argument("--seeds", type=int, help="new seeds per configuration (default 3, at "
-                   "least 2)")
-    p.add_argument("--baseline", action="append", choices=BASELINES,
-                   help="also confirm this baseline at the same budget (repeatable)")
-    p.add_argument("--examples", type=int, help="test images per audit (default 500)")
-    p.add_argument("--attacks", type=attack_list, metavar="A,B",
-                   help="audit with these AutoAttack attacks instead of its standard ensemble, "
-                   "e.g. apgd-ce,apgd-t (docs/evaluation.md: when that is enough)")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or embedded)")
-    p.set_defaults(func=_cmd_confirm)
+        outcome = run_search(cfg, folder, address, on_event=on_event)
+    return ConfirmOutcome(experiment, load_confirmations(experiment.path), outcome)

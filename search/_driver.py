@@ -1,5 +1,5 @@
-"""The driver's side of a running search: a Ctrl-C that loses and repeats nothing, a retry that
-keeps every recorded epoch, and faults injected at exact events for the tests.
+"""The driver's side of a running search: a Ctrl-C that loses and repeats nothing, and a retry
+that keeps every recorded epoch.
 
 Ray Tune writes a trial's result before its checkpoint is recorded; stopped in between (its own
 Ctrl-C handling does that), a trial resumes from its previous checkpoint and runs the recorded
@@ -28,20 +28,16 @@ from typing import Any
 import pyarrow.fs as pafs
 from ray import tune
 
-from ._console import console
+from ._events import OnEvent, StopRequested, ignore
 
-__all__ = ["GracefulInterrupt", "CurrentResultsBeforeRetry", "DriverFault",
-           "graceful_interrupts", "FAULT_ENV"]
-
-FAULT_ENV = "CLUSTUNE_DRIVER_FAULT"  # EVENT:N:ACTION, e.g. trial_result:3:sigint (tests)
-EVENTS = ("trial_result", "checkpoint", "trial_complete")
-ACTIONS = {"sigint": signal.SIGINT, "sigkill": signal.SIGKILL}
+__all__ = ["GracefulInterrupt", "CurrentResultsBeforeRetry", "graceful_interrupts"]
 
 
 class _State:
     requested = False  # a Ctrl-C is waiting for a consistent point
     signalled = False  # Tune has been asked to stop
     awaiting: set[str] = set()  # trials whose last result has no checkpoint yet
+    on_event: OnEvent = ignore
 
 
 _STATE = _State()
@@ -51,14 +47,15 @@ def _on_sigint(signum: int, frame: Any) -> None:
     if _STATE.requested:
         raise KeyboardInterrupt
     _STATE.requested = True
-    console.print("stopping once every running trial's last epoch is checkpointed; "
-                  "Ctrl-C again to stop at once", markup=False)
+    _STATE.on_event(StopRequested())
 
 
 @contextmanager
-def graceful_interrupts():
-    """Take SIGINT for the duration of a search (in the main thread; elsewhere a no-op)."""
+def graceful_interrupts(on_event: OnEvent = ignore):
+    """Take SIGINT for the duration of a search (in the main thread; elsewhere a no-op); a
+    first Ctrl-C is told to on_event."""
     _STATE.requested, _STATE.signalled, _STATE.awaiting = False, False, set()
+    _STATE.on_event = on_event
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Tune keeps its SIGUSR1 stop handler
     try:
         previous = signal.signal(signal.SIGINT, _on_sigint)
@@ -109,45 +106,3 @@ class CurrentResultsBeforeRetry(tune.Callback):
             if staged.is_file():
                 pafs.copy_files(str(staged), f"{storage.trial_fs_path}/{name}",
                                 destination_filesystem=storage.storage_filesystem)
-
-
-class DriverFault(tune.Callback):
-    """Sends ACTION to the driver itself at the N-th EVENT (``CLUSTUNE_DRIVER_FAULT``, read
-    when the search starts or resumes), e.g. a Ctrl-C between a result and its checkpoint."""
-
-    def __init__(self) -> None:
-        self._arm()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self._arm()
-
-    def _arm(self) -> None:
-        self.seen = 0
-        self.event, self.count, self.action = None, 0, None
-        spec = os.environ.get(FAULT_ENV)
-        if spec:
-            event, count, action = spec.split(":")
-            if event not in EVENTS or action not in ACTIONS:
-                raise ValueError(f"{FAULT_ENV}={spec}: EVENT:N:ACTION with EVENT in "
-                                 f"{EVENTS} and ACTION in {tuple(ACTIONS)}")
-            self.event, self.count, self.action = event, int(count), ACTIONS[action]
-
-    def _event(self, name: str) -> None:
-        if name == self.event:
-            self.seen += 1
-            if self.seen == self.count:
-                os.kill(os.getpid(), self.action)
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
-        self._event("trial_result")
-
-    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
-                      **info: Any) -> None:
-        self._event("checkpoint")
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._event("trial_complete")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._console import UsageError
+from ._errors import UsageError
 
 __all__ = ["check_output_dir", "claim_output_dir"]
 

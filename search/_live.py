@@ -8,7 +8,6 @@ is shown only with ``--verbose``.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -18,15 +17,7 @@ from rich.text import Text
 
 from ._console import console
 
-__all__ = ["LiveView", "quiet_ray_output"]
-
-
-def quiet_ray_output(verbose: bool) -> int:
-    """Tune's ``verbose`` level for the RunConfig; off, Tune's own reporter (new or old
-    engine) prints nothing, and the live view speaks instead."""
-    # the old engine honours verbose=0 fully; verbose: Tune's default, the new engine
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
-    return 1 if verbose else 0
+__all__ = ["LiveView"]
 
 
 def _duration(seconds: float) -> str:

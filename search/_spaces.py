@@ -3,7 +3,6 @@ the search settings, loaded from YAML presets and validated before Ray starts.""
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,11 +12,14 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from analysis import check_attacks
 from trainable import (
     DATASETS,
+    SEARCH_METRICS,
     ConfigError,
     ConfigSection,
     TrainConfig,
     apply_overrides,
     build_config,
+    cluster_limits,
+    list_presets,
     load_checkpoint,
     load_dataset,
     load_preset,
@@ -27,8 +29,11 @@ from trainable import (
     validation_message,
 )
 
+from ._samplers import SAMPLERS
+from ._schedulers import SCHEDULERS
+
 __all__ = ["ParamSpec", "SearchSettings", "SearchConfig", "load_search_config",
-           "list_search_presets", "suggest", "check_inputs", "DEPENDENT"]
+           "list_search_presets", "suggest", "sample_configs", "check_inputs", "DEPENDENT"]
 
 
 class ParamSpec(ConfigSection):
@@ -61,11 +66,12 @@ class SearchSettings(ConfigSection):
     num_samples: int = Field(12, ge=1)  # trials (with fixed points: one per point)
     metric: str = "val_robust_acc"  # what ASHA and single-objective samplers maximise
     mode: Literal["max", "min"] = "max"
-    sampler: Literal["tpe", "random", "nsga2", "motpe"] = "tpe"  # nsga2/motpe: multi-objective
+    sampler: str = "tpe"  # a name of search/_samplers.py (nsga2, motpe: multi-objective)
     objectives: list[str] = ["val_clean_acc", "val_robust_acc"]  # for nsga2 / motpe (maximised)
-    scheduler: Literal["asha", "hyperband", "fifo"] = "asha"
+    scheduler: str = "asha"  # a name of search/_schedulers.py
     grace_period: int = Field(1, ge=1)  # epochs before ASHA may stop a trial
     reduction_factor: float = Field(3, gt=1)
+    brackets: int = Field(3, ge=1)  # async_hyperband: brackets of successive halving
     max_concurrent: int = Field(2, ge=1)
     cpus_per_trial: float = Field(1, gt=0)
     gpus_per_trial: float = Field(0, ge=0)  # fractions share a GPU between trials
@@ -91,9 +97,24 @@ class SearchSettings(ConfigSection):
     def _known_attacks(cls, attacks: list[str] | None) -> list[str] | None:
         return None if attacks is None else check_attacks(attacks)
 
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, name: str) -> str:
+        if name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+        return name
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, name: str) -> str:
+        if name not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {name!r}; choose one of "
+                             f"{', '.join(SCHEDULERS)}")
+        return name
+
     @property
     def multi_objective(self) -> bool:
-        return self.sampler in ("nsga2", "motpe")
+        return SAMPLERS[self.sampler].multi_objective
 
 
 class SearchConfig(ConfigSection):
@@ -138,11 +159,6 @@ DEPENDENT = ("clusters.l", "clusters.m")  # their feasible range depends on the 
 FRACTION, CHOICE = "@fraction", "@choice"  # suffixes of the draws behind a dependent value
 
 
-def _feasible_max(name: str, k: int, classes: int) -> int:
-    """L <= C*K; M <= C*K and M-1 <= (C-1)*K (enough impostor clusters)."""
-    return classes * k if name == "clusters.l" else min(classes * k, (classes - 1) * k + 1)
-
-
 def _draw(trial: optuna.Trial, name: str, spec: ParamSpec) -> Any:
     if spec.type == "categorical":
         return trial.suggest_categorical(name, spec.choices)
@@ -180,11 +196,31 @@ def suggest(trial: optuna.Trial, cfg: SearchConfig, base: dict[str, Any]) -> dic
             out[name] = _draw(trial, name, spec)
     classes = DATASETS[base.get("data", {}).get("dataset", "fashion-mnist")].classes
     k = out.get("clusters.k", base.get("clusters", {}).get("k", 2))
+    limits = dict(zip(DEPENDENT, cluster_limits(classes, k), strict=True))
     for name in DEPENDENT:
         if name in cfg.space:
-            out[name] = _dependent(trial, name, cfg.space[name],
-                                   _feasible_max(name, k, classes))
+            out[name] = _dependent(trial, name, cfg.space[name], limits[name])
     return out
+
+
+def sample_configs(cfg: SearchConfig, draws: int = 32) -> list[TrainConfig]:
+    """The training configs of draws random trials of the space (seeded: the same every
+    time), or every fixed point's; a draw that gives an invalid config is refused."""
+    base = cfg.base_dict()
+    if cfg.points:
+        return [resolve_trial_config(base, cfg.points, {"point": name}) for name in cfg.points]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    configs = []
+    for _ in range(draws):
+        trial = study.ask()
+        params = suggest(trial, cfg, base)
+        try:
+            configs.append(resolve_trial_config(base, {}, params))
+        except ConfigError as err:
+            raise ConfigError(f"space: {params} gives an invalid config: {err}") from None
+        study.tell(trial, 0.0)
+    return configs
 
 
 def _check(cfg: SearchConfig) -> None:
@@ -201,18 +237,8 @@ def _check(cfg: SearchConfig) -> None:
         except ConfigError as err:
             raise ConfigError(f"points.{name}: {err}") from None
     if cfg.space:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-        draws = 32
-        for _ in range(draws):
-            trial = study.ask()
-            params = suggest(trial, cfg, base)
-            try:
-                resolve_trial_config(base, {}, params)
-            except ConfigError as err:
-                raise ConfigError(f"space: {params} gives an invalid config: {err}") from None
-            study.tell(trial, 0.0)
-    if cfg.search.metric not in _known_metrics() and not cfg.search.multi_objective:
+        sample_configs(cfg)  # each draw a valid config
+    if cfg.search.metric not in SEARCH_METRICS and not cfg.search.multi_objective:
         raise ConfigError(f"search.metric: unknown metric {cfg.search.metric!r}")
 
 
@@ -229,17 +255,8 @@ def check_inputs(cfg: SearchConfig) -> None:
         load_checkpoint(path)
 
 
-def _known_metrics() -> set[str]:
-    return {"val_clean_acc", "val_pgd_acc", "val_robust_acc", "val_margin",
-            "val_radius_est", "train_loss"}
-
-
-def _preset_dir():
-    return resources.files("search") / "presets"
-
-
 def list_search_presets() -> list[str]:
-    return sorted(p.name[:-5] for p in _preset_dir().iterdir() if p.name.endswith(".yaml"))
+    return list_presets("search")
 
 
 def load_search_config(preset: str | None = None, config_file: str | Path | None = None,
@@ -247,15 +264,7 @@ def load_search_config(preset: str | None = None, config_file: str | Path | None
     """A search preset or YAML file, ``--set`` overrides, validated and checked."""
     if preset and config_file:
         raise ConfigError("give --preset or --config, not both")
-    if config_file:
-        data = read_yaml(config_file)
-    else:
-        name = preset or "quick"
-        path = _preset_dir() / f"{name}.yaml"
-        if not path.is_file():
-            raise ConfigError(f"unknown search preset {name!r}; choose one of "
-                              f"{', '.join(list_search_presets())}")
-        data = read_yaml(Path(str(path)))
+    data = read_yaml(config_file) if config_file else load_preset(preset or "quick", "search")
     if "space" not in data and "points" not in data and "search" not in data:
         # a training config (e.g. from `clustune best`): run it as one fixed point
         data = {"train": data, "points": {"config": {}}, "search": {"num_samples": 1}}

@@ -11,7 +11,6 @@ search's driver trains the ones it can foresee before the first trial starts
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -32,24 +31,18 @@ from trainable import (
     load_checkpoint,
     resolve_trial_config,
     storage_path,
+    warm_start_key,
 )
 
-__all__ = ["ClusteringTrainable", "InjectedFault", "shared_warm_start", "warm_start_key",
-           "train_warm_starts"]
+from ._spaces import SearchConfig, sample_configs
+
+__all__ = ["ClusteringTrainable", "prepare_warm_starts", "shared_warm_start",
+           "train_warm_starts", "trial_device"]
 
 
-class InjectedFault(RuntimeError):
-    """Raised once by ``fail_at_epoch`` to test retries."""
-
-
-def warm_start_key(cfg: TrainConfig) -> str:
-    """What identifies a CE warm start: everything it depends on, hashed."""
-    ident = {"data": cfg.data.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
-             "fast": cfg.fast.model_dump(mode="json"), "threads": cfg.threads,
-             "seed": cfg.seed, "ce_epochs": cfg.warm_start.ce_epochs, "lr": cfg.warm_start.lr,
-             "batch": cfg.batch_size}
-    digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
-    return f"{cfg.data.dataset}-{cfg.model.arch}-seed{cfg.seed}-{digest}"
+def trial_device() -> str:
+    """The device of work inside a Ray worker: the GPU Ray gave it, else the CPU."""
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
 
 def _store_warm_start(cfg: TrainConfig, stored: StoragePath, device: str | None) -> None:
@@ -89,9 +82,25 @@ def shared_warm_start(cfg: TrainConfig, storage: StoragePath, device: str | None
 
 @ray.remote
 def _warm_start_task(config: dict[str, Any], stored_uri: str) -> str:
-    device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-    _store_warm_start(build_config(config), storage_path(stored_uri), device)
+    _store_warm_start(build_config(config), storage_path(stored_uri), trial_device())
     return stored_uri
+
+
+FORESEEN = 8  # distinct warm starts the driver trains ahead, at most
+
+
+def prepare_warm_starts(cfg: SearchConfig, experiment: StoragePath) -> int:
+    """Train the warm starts the trials will ask for, once each, before they start: every
+    point's, or those of a space's draws when they need at most FORESEEN distinct ones (a
+    space over a continuous knob a warm start depends on needs one per trial: each trial
+    trains its own). Returns how many were trained."""
+    s = cfg.search
+    if not s.share_warm_start:
+        return 0
+    configs = sample_configs(cfg)
+    if len({warm_start_key(c) for c in configs}) > FORESEEN:
+        return 0
+    return train_warm_starts(configs, experiment, s.cpus_per_trial, s.gpus_per_trial)
 
 
 def train_warm_starts(configs: list[TrainConfig], experiment: StoragePath, cpus: float,
@@ -125,7 +134,7 @@ class ClusteringTrainable(tune.Trainable):
 
     def _build(self, config: dict[str, Any]) -> None:
         cfg = resolve_trial_config(self.base, self.points, config)
-        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+        device = trial_device()
         if self.experiment is not None and self.share_warm_start:
             cfg = shared_warm_start(cfg, self.experiment / WARM_START_DIR, device)
         self.cfg = cfg
@@ -133,9 +142,6 @@ class ClusteringTrainable(tune.Trainable):
         self.trainer.warm_start()
 
     def step(self) -> dict[str, Any]:
-        fault = self.cfg.fail_at_epoch
-        if fault == self.trainer.epoch + 1 and self._first_time(f"fault-epoch{fault}"):
-            raise InjectedFault(f"injected fault at epoch {fault}")
         try:
             metrics = self.trainer.train_epoch()
         except TrainingDiverged as err:
@@ -146,17 +152,6 @@ class ClusteringTrainable(tune.Trainable):
         # Tune sets "done" on a trial its scheduler stops too; this says the trial ran its budget
         metrics["trial_complete"] = metrics["done"] = self.trainer.epoch >= self.cfg.optim.epochs
         return metrics
-
-    def _first_time(self, tag: str) -> bool:
-        """True once per trial and tag, across retries (a marker in the experiment's storage;
-        one trial runs at a time, so checking then writing cannot race)."""
-        if self.experiment is None:
-            return True
-        marker = self.experiment / "faults" / f"{self.trial_id}-{tag}"
-        if marker.exists():
-            return False
-        marker.atomic_write_text("")
-        return True
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         self.trainer.save(Path(checkpoint_dir) / TRIAL_STATE_FILE)

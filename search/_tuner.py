@@ -8,41 +8,34 @@ from __future__ import annotations
 import functools
 import os
 import socket
-import time
 from typing import Any
 
 import optuna
 import ray
 import torch
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from analysis import (
-    META_FILE,
     STUDY_FILE,
-    ExperimentMeta,
     read_meta,
     search_state_problem,
     study_file,
     study_problem,
-    study_url,
 )
-from trainable import StoragePath, resolve_trial_config
+from trainable import StoragePath, first_line
 
-from ._console import UsageError
-from ._driver import CurrentResultsBeforeRetry, DriverFault, GracefulInterrupt
-from ._live import LiveView, quiet_ray_output
-from ._optuna import FidelityOptunaSearch
+from ._driver import CurrentResultsBeforeRetry, GracefulInterrupt
+from ._errors import UsageError
+from ._experiment import study_location
+from ._samplers import make_sampler
+from ._schedulers import make_scheduler
+from ._searcher import OptunaSearcher
 from ._spaces import DEPENDENT, SearchConfig, suggest
-from ._trainable import ClusteringTrainable, train_warm_starts
+from ._trainable import ClusteringTrainable
 
 __all__ = ["start_ray", "embedded", "check_gpus", "build_tuner", "restore_tuner",
-           "make_sampler", "max_epochs", "prepare_warm_starts", "check_resumable"]
-
-# Settings the CE warm start depends on (search/_trainable.py's key): a search over any of them
-# cannot train its warm starts ahead of the trials
-WARM_START_INPUTS = ("data.", "model.", "fast.", "threads", "seed", "warm_start.", "batch_size")
+           "make_searcher", "max_epochs", "check_resumable"]
 
 
 def dashboard_available() -> bool:
@@ -103,28 +96,21 @@ def check_gpus(gpus: float, address: str | None, option: str) -> None:
                              f"({have}); leave it out to run on the CPU")
 
 
-def _trainable(cfg: SearchConfig, experiment: StoragePath):
+def quiet_ray_output(verbose: bool) -> int:
+    """Tune's ``verbose`` level for the RunConfig; off, Tune's own reporter (new or old
+    engine) prints nothing, and the caller's callbacks (the command line's live view) speak
+    instead."""
+    # the old engine honours verbose=0 fully; verbose: Tune's default, the new engine
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
+    return 1 if verbose else 0
+
+
+def _trainable(cfg: SearchConfig, experiment: StoragePath, trainable: type = ClusteringTrainable):
     s = cfg.search
-    with_params = tune.with_parameters(ClusteringTrainable, base=cfg.base_dict(),
-                                       points=cfg.points, experiment=experiment.uri,
+    with_params = tune.with_parameters(trainable, base=cfg.base_dict(), points=cfg.points,
+                                       experiment=experiment.uri,
                                        share_warm_start=s.share_warm_start)
     return tune.with_resources(with_params, {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
-
-
-def make_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler a search uses (the search benchmark replays the same one)."""
-    s = cfg.search
-    if cfg.points:
-        return optuna.samplers.GridSampler({"point": list(cfg.points)}, seed=s.seed)
-    if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
-    if s.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=s.seed)
-    startup = s.tpe_startup or min(10, max(2, s.num_samples // 3))
-    return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup,
-                                      multivariate=s.tpe_multivariate,
-                                      group=s.tpe_multivariate,
-                                      constant_liar=s.tpe_constant_liar)
 
 
 def max_epochs(cfg: SearchConfig) -> int:
@@ -138,83 +124,56 @@ def max_epochs(cfg: SearchConfig) -> int:
     return max(epochs)
 
 
-def prepare_warm_starts(cfg: SearchConfig, experiment: StoragePath) -> int:
-    """Train the CE warm starts the trials will ask for, once each, before they start (every
-    point's; the base config's when the space searches nothing a warm start depends on)."""
+def make_searcher(cfg: SearchConfig, experiment: StoragePath | None = None,
+                  storage: optuna.storages.BaseStorage | None = None) -> OptunaSearcher:
+    """The Optuna searcher of a search: its space, sampler and the experiment's study, or a
+    study in ``storage`` (the search benchmark runs the product's searcher on an in-memory
+    one)."""
     s = cfg.search
-    if not s.share_warm_start:
-        return 0
-    base = cfg.base_dict()
-    if cfg.points:
-        configs = [resolve_trial_config(base, cfg.points, {"point": p}) for p in cfg.points]
-    elif any(k.startswith(WARM_START_INPUTS) for k in cfg.space):
-        return 0  # each trial trains (and stores) the warm start of its own key
+    multi = s.multi_objective and not cfg.points
+    if storage is None:
+        name, storage = study_location(cfg, experiment)
+        copy = None if experiment.is_local or s.study_storage else experiment.uri
     else:
-        configs = [resolve_trial_config(base, {}, {})]
-    return train_warm_starts(configs, experiment, s.cpus_per_trial, s.gpus_per_trial)
+        name, copy = "clustune", None
+    return OptunaSearcher(
+        functools.partial(_define_by_run, cfg=cfg, base=cfg.base_dict()),
+        metric=s.objectives if multi else s.metric,
+        mode=["max"] * len(s.objectives) if multi else s.mode,
+        sampler=make_sampler(s, cfg.points), study_name=name, storage=storage,
+        study_copy=copy)
 
 
 def build_tuner(cfg: SearchConfig, experiment: StoragePath,
-                callbacks: list[tune.Callback] | None = None, verbose: bool = False
-                ) -> tune.Tuner:
-    """A Tuner for a new search; writes the experiment's metadata file first. ``callbacks``
-    (Tune callbacks) watch it from the driver, e.g. to time it; the live view is one, and Ray
-    Tune's own output shows only when ``verbose``."""
+                callbacks: list[tune.Callback] | None = None, verbose: bool = False,
+                trainable: type = ClusteringTrainable) -> tune.Tuner:
+    """A Tuner for a new search in experiment (:func:`search.create_experiment` wrote its
+    files). ``callbacks`` (Tune callbacks) watch it from the driver, e.g. the command line's
+    live view; Ray Tune's own output shows only when ``verbose``; ``trainable`` replaces the
+    Trainable (tests inject faults with one, :mod:`search.testing`)."""
     s = cfg.search
-    name = experiment.name
-    study_name = f"clustune-{name}"
-    own_study = s.study_storage is None
-    study_storage = study_url(experiment) if own_study else s.study_storage
-    meta = ExperimentMeta(name=name, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                          study_name=study_name, study_storage=study_storage,
-                          config=cfg.model_dump(mode="json"), base=cfg.base_dict())
-    (experiment / META_FILE).atomic_write_text(meta.model_dump_json(indent=2))
-    base = cfg.base_dict()
-    if own_study:  # a new experiment: a study file left by an older one there is stale
-        study_file(experiment).unlink(missing_ok=True)
-        study_file(experiment).parent.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(study_storage)
+    limited = ConcurrencyLimiter(make_searcher(cfg, experiment), max_concurrent=s.max_concurrent)
     multi = s.multi_objective and not cfg.points
-    metric: str | list[str] = s.objectives if multi else s.metric
-    mode: str | list[str] = ["max"] * len(s.objectives) if multi else s.mode
-    searcher = FidelityOptunaSearch(space=functools.partial(_define_by_run, cfg=cfg, base=base),
-                            metric=metric, mode=mode, sampler=make_sampler(cfg),
-                            study_name=study_name, storage=storage,
-                            study_copy=None if experiment.is_local or not own_study
-                            else experiment.uri)
-    limited = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
-    max_t = max_epochs(cfg)
-    sched_metric = {"metric": s.metric, "mode": s.mode} if multi else {}
-    if s.scheduler == "asha" and not cfg.points:
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                                  grace_period=s.grace_period,
-                                  reduction_factor=s.reduction_factor, **sched_metric)
-    elif s.scheduler == "hyperband" and not cfg.points:
-        scheduler = HyperBandScheduler(time_attr="training_iteration", max_t=max_t,
-                                       reduction_factor=s.reduction_factor, **sched_metric)
-    else:
-        scheduler = FIFOScheduler()
     tune_config = tune.TuneConfig(
-        search_alg=limited, scheduler=scheduler, num_samples=len(cfg.points) or s.num_samples,
-        reuse_actors=s.reuse_actors, **({} if multi else {"metric": s.metric, "mode": s.mode}))
+        search_alg=limited, scheduler=make_scheduler(s, max_epochs(cfg), bool(cfg.points)),
+        num_samples=len(cfg.points) or s.num_samples, reuse_actors=s.reuse_actors,
+        **({} if multi else {"metric": s.metric, "mode": s.mode}))
     run_config = tune.RunConfig(
-        name=name, storage_path=experiment.parent.uri,
+        name=experiment.name, storage_path=experiment.parent.uri,
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric,
             checkpoint_score_order=s.mode, checkpoint_frequency=1, checkpoint_at_end=False),
         failure_config=tune.FailureConfig(max_failures=s.max_failures),
-        callbacks=[*(callbacks or []), GracefulInterrupt(), CurrentResultsBeforeRetry(),
-                   DriverFault(),
-                   LiveView(len(cfg.points) or s.num_samples, s.metric, s.mode)],
+        callbacks=[*(callbacks or []), GracefulInterrupt(), CurrentResultsBeforeRetry()],
         verbose=quiet_ray_output(verbose))
-    return tune.Tuner(_trainable(cfg, experiment), tune_config=tune_config,
+    return tune.Tuner(_trainable(cfg, experiment, trainable), tune_config=tune_config,
                       run_config=run_config)
 
 
 def _define_by_run(trial: optuna.Trial, cfg: SearchConfig, base: dict[str, Any]
                    ) -> dict[str, Any]:
     """The draws are the Optuna trial's parameters; the values resolved from them (L and M)
-    are returned, and Ray Tune adds them to the trial's config."""
+    are returned, and the searcher adds them to the trial's config."""
     params = suggest(trial, cfg, base)
     return {name: params[name] for name in DEPENDENT if name in params}
 
@@ -238,15 +197,16 @@ def check_resumable(experiment: StoragePath, cfg: SearchConfig) -> None:
                              f"{problem}")
 
 
-def restore_tuner(experiment: StoragePath) -> tune.Tuner:
+def restore_tuner(experiment: StoragePath, trainable: type = ClusteringTrainable
+                  ) -> tune.Tuner:
     """The Tuner of an interrupted search (checked by :func:`check_resumable` first); finished
     trials are kept, unfinished ones continue."""
     cfg = SearchConfig.model_validate(read_meta(experiment).config)
     quiet_ray_output(verbose=False)  # the restored RunConfig keeps the search's verbosity
     try:
-        return tune.Tuner.restore(experiment.uri, trainable=_trainable(cfg, experiment),
+        return tune.Tuner.restore(experiment.uri, trainable=_trainable(cfg, experiment,
+                                                                       trainable),
                                   resume_unfinished=True, resume_errored=True)
     except Exception as err:  # noqa: BLE001 - Ray raises many kinds for a damaged saved state
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"cannot resume {experiment}: Ray Tune could not restore its saved "
-                         f"search state ({first[:200]})") from None
+                         f"search state ({first_line(err)})") from None

@@ -1,5 +1,8 @@
-"""The ``clustune`` command line: train, search, resume, status, evaluate, export, best, report,
-dashboard. Bad input gets a one-line error and exit code 2, never a traceback."""
+"""The ``clustune`` command line: train, presets, search, resume, status, evaluate, confirm,
+export, best, report, dashboard. A thin layer: it parses, runs the API a command needs (imported
+when the command runs, so ``--help`` and the reading commands start at once), draws what came
+back and maps it to an exit code. Bad input gets a one-line error and exit code 2, never a
+traceback."""
 
 from __future__ import annotations
 
@@ -7,10 +10,11 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from trainable import ClustuneError, TrainingDiverged
+
+__all__ = ["build_parser", "main", "EXIT_USAGE"]
 
 EXIT_USAGE = 2
 
@@ -33,58 +37,19 @@ def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> 
                    help="override one setting, e.g. --set clusters.k=3 (repeatable)")
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from trainable import load_config
-
-    from ._train_cmd import default_out, run_train
-
-    preset = args.preset or (None if args.config else "fmnist-magnet-adv")
-    cfg = load_config(preset, args.config, args.overrides)
-    out = Path(args.out) if args.out else default_out(preset or Path(args.config).stem)
-    final = run_train(cfg, out)
-    print(f"clean {final['val_clean_acc']:.4f}  robust {final['val_robust_acc']:.4f}  "
-          f"({final['wall_time_s']:.0f} s)  checkpoint: {out / 'checkpoint.pt'}")
-    return 0
-
-
-def _cmd_presets(args: argparse.Namespace) -> int:
-    from trainable import list_presets
-
-    print("training presets (clustune train --preset NAME):")
-    for name in list_presets("trainable"):
-        print(f"  {name}")
-    from ._spaces import list_search_presets
-
-    print("search presets (clustune search --preset NAME):")
-    for name in list_search_presets():
-        print(f"  {name}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from ._cli_analysis import add_analysis_commands
+    from ._cli_confirm import add_confirm_command
+    from ._cli_search import add_search_commands
+    from ._cli_train import add_train_commands
+
     parser = _Parser(
         prog="clustune",
         description="Hyperparameter search for clustering-based adversarially robust classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("train", help="train one model from a preset or config (no Ray)",
-                       description="Train one model; writes config.yaml, metrics.jsonl, "
-                       "final.json and checkpoint.pt to --out.")
-    _add_config_args(p, "fmnist-magnet-adv")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/train-NAME-TIME)")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("presets", help="list the training and search presets")
-    p.set_defaults(func=_cmd_presets)
-
-    from ._search_cmd import add_search_commands
-
+    add_train_commands(sub, _add_config_args)
     add_search_commands(sub, _add_config_args)
-    from ._confirm import add_confirm_command
-
     add_confirm_command(sub)
-    from ._analysis_cmd import add_analysis_commands
-
     add_analysis_commands(sub)
     return parser
 
@@ -98,11 +63,14 @@ def _say_skipped_files() -> None:
     logger.propagate = False
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, callbacks: list[Any] | None = None) -> int:
+    """Run one command; ``callbacks`` (Ray Tune callbacks) watch a search it starts, beside the
+    live view (:mod:`search.testing` installs its faults so)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     _say_skipped_files()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.callbacks = list(callbacks or [])
     try:
         return int(args.func(args) or 0)
     except ClustuneError as err:  # every expected error: bad input, data, files, folders

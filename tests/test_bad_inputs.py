@@ -27,7 +27,9 @@ from trainable import Trainer, build_config
 
 FORK_SERVER = r"""
 import json, os, runpy, sys, traceback
-import search, search._analysis_cmd, search._train_cmd  # what search.cli imports, once
+# what the commands import when they run, imported once here (each case is a fork)
+import search._cli_search, search._cli_analysis, search._cli_train, search._cli_confirm
+import search._run, search._confirm, trainable._trainer, analysis._report, analysis._export
 
 for line in sys.stdin:
     case = json.loads(line)

@@ -7,6 +7,8 @@ Validation refuses unknown keys, wrong types and contradictory settings with one
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -24,12 +26,25 @@ from pydantic import (
 from ._datasets import DATASETS
 from ._errors import ClustuneError
 
-__all__ = ["ConfigError", "ConfigSection", "TrainConfig", "apply_overrides", "build_config",
-           "list_presets", "load_config", "load_preset", "parse_overrides", "read_yaml",
-           "recorded_config", "resolve_trial_config", "validation_message"]
+__all__ = ["ConfigError", "ConfigSection", "TrainConfig", "HEADS", "SEARCH_METRICS",
+           "apply_overrides",
+           "build_config", "cluster_limits", "list_presets", "load_config", "load_preset",
+           "parse_overrides", "read_yaml", "recorded_config", "resolve_trial_config",
+           "validation_message", "warm_start_key"]
 
+HeadKind = Literal["raw", "logprob", "learned"]  # embedding -> class scores (trainable/_heads.py)
+HEADS: tuple[str, ...] = HeadKind.__args__
 CLUSTERING_VARIANTS = ("magnet", "qtrades", "magnet_adv")
 ADVERSARIAL_VARIANTS = ("pgd_at", "trades", "qtrades", "magnet_adv")
+# what Trainer.train_epoch reports that a search can rank trials by
+SEARCH_METRICS = ("val_clean_acc", "val_pgd_acc", "val_robust_acc", "val_margin",
+                  "val_radius_est", "train_loss")
+
+
+def cluster_limits(classes: int, k: int) -> tuple[int, int]:
+    """The largest L and M for C classes and K clusters per class: L <= C*K; M <= C*K and
+    M-1 <= (C-1)*K (a batch's seed cluster needs M-1 impostor clusters of other classes)."""
+    return classes * k, min(classes * k, (classes - 1) * k + 1)
 
 
 class ConfigError(ClustuneError, ValueError):
@@ -64,7 +79,7 @@ class ClusterConfig(ConfigSection):
     m: int = Field(12, ge=2)  # clusters per batch (M)
     d: int = Field(20, ge=2)  # examples per cluster (D), 2+ (sigma^2 > 0); batch = M*D
     alpha: float = Field(1.0, ge=0)  # magnet margin (ClusTR code: 12.5, Rippel: 1.0)
-    head: Literal["raw", "logprob", "learned"] = "logprob"
+    head: HeadKind = "logprob"
     kmeans_iters: int = Field(20, ge=1)
 
 
@@ -136,17 +151,17 @@ class TrainConfig(ConfigSection):
     device: str = "auto"  # auto: cuda when there is one
     threads: int | None = Field(None, ge=1)  # CPU threads (None: PyTorch's default); the
     # numbers depend on it, so a search records its trials' count here
-    fail_at_epoch: int | None = Field(None, ge=1)  # fault injection: raise once at this epoch
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> TrainConfig:
         c, cl, obj = DATASETS[self.data.dataset].classes, self.clusters, self.objective
-        if cl.l > c * cl.k:
-            raise ValueError(f"clusters.l={cl.l} exceeds C*K={c * cl.k}")
-        if cl.m > c * cl.k:
-            raise ValueError(f"clusters.m={cl.m} exceeds C*K={c * cl.k}")
-        if cl.m - 1 > (c - 1) * cl.k:
-            raise ValueError(f"clusters.m={cl.m} needs M-1 <= (C-1)*K={(c - 1) * cl.k} impostors")
+        max_l, max_m = cluster_limits(c, cl.k)
+        if cl.l > max_l:
+            raise ValueError(f"clusters.l={cl.l} exceeds C*K={max_l}")
+        if cl.m > max_m:
+            raise ValueError(f"clusters.m={cl.m} exceeds C*K={c * cl.k}" if cl.m > c * cl.k else
+                             f"clusters.m={cl.m} needs M-1 <= (C-1)*K={(c - 1) * cl.k} "
+                             "impostors")
         if cl.head == "learned" and obj.lam_ce == 0 and self.is_clustering:
             raise ValueError("clusters.head=learned is trained by objective.lam_ce; set it > 0")
         if obj.adv_mode == "free" and obj.variant != "magnet_adv":
@@ -219,6 +234,17 @@ class TrainConfig(ConfigSection):
         return self.optim.batch_size or self.clusters.m * self.clusters.d
 
 
+def warm_start_key(cfg: TrainConfig) -> str:
+    """What identifies a warm start's weights: everything they depend on, hashed (a search
+    trains one per key and every trial with that key loads it)."""
+    ident = {"data": cfg.data.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
+             "fast": cfg.fast.model_dump(mode="json"), "threads": cfg.threads,
+             "seed": cfg.seed, "ce_epochs": cfg.warm_start.ce_epochs, "lr": cfg.warm_start.lr,
+             "batch": cfg.batch_size}
+    digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{cfg.data.dataset}-{cfg.model.arch}-seed{cfg.seed}-{digest}"
+
+
 def validation_message(err: ValidationError) -> str:
     """One line from pydantic's errors: 'clusters.l: must be ...; ...'."""
     parts = []
@@ -261,10 +287,13 @@ def list_presets(package: str = "trainable") -> list[str]:
 
 
 def load_preset(name: str, package: str = "trainable") -> dict[str, Any]:
+    """A preset of package's presets/ folder: training presets here, search presets in
+    search's."""
     path = _preset_dir(package) / f"{name}.yaml"
     if not path.is_file():
+        kind = "preset" if package == "trainable" else f"{package} preset"
         choices = ", ".join(list_presets(package))
-        raise ConfigError(f"unknown preset {name!r}; choose one of {choices}")
+        raise ConfigError(f"unknown {kind} {name!r}; choose one of {choices}")
     return read_yaml(Path(str(path)))
 
 
@@ -329,12 +358,17 @@ def build_config(data: dict[str, Any]) -> TrainConfig:
 
 
 KEEP_IGNORED = "keep_ignored_settings"  # validation context: report them, do not refuse
+# settings an older clustune recorded at the one value they could take in a real run, and that
+# no longer exist (fail_at_epoch: a test hook, now search.testing's)
+RETIRED = {"fail_at_epoch": None}
 
 
 def recorded_config(data: dict[str, Any]) -> TrainConfig:
     """The config a trial really trained with, from its record: a setting its variant ignored
     (drawn by a search space from before conditional knobs, or written by an older clustune)
-    is reset to its default, which is what the trial used."""
+    is reset to its default, which is what the trial used; a retired setting at its
+    recorded value is dropped."""
+    data = {k: v for k, v in data.items() if k not in RETIRED or v != RETIRED[k]}
     try:
         cfg = TrainConfig.model_validate(data, context={KEEP_IGNORED: True})
     except ValidationError as err:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ClusterHead", "HEADS", "EMPTY_CLASS_LOGIT"]
+from ._config import HEADS
 
-HEADS = ("raw", "logprob", "learned")
+__all__ = ["ClusterHead", "EMPTY_CLASS_LOGIT"]
+
 EMPTY_CLASS_LOGIT = -1e4  # log-vote of a class with no kept cluster (finite, unlike -inf)
 
 

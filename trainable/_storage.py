@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ._errors import ClustuneError
-from ._files import atomic_write_bytes
+from ._errors import ClustuneError, first_line
+from ._files import atomic_write_bytes, create_text
 
 __all__ = ["StoragePath", "StorageError", "storage_path"]
 
@@ -103,9 +103,12 @@ class StoragePath:
     def is_dir(self) -> bool:
         return self._info().type == pafs.FileType.Directory
 
-    def has_files(self) -> bool:
-        """A folder with at least one file in it (a bucket has no empty folders)."""
-        return any(i.type == pafs.FileType.File for i in self._list(recursive=True))
+    def has_files(self, ignore: tuple[str, ...] = ()) -> bool:
+        """A folder with at least one file in it other than the ``ignore`` names at its top
+        (a bucket has no empty folders)."""
+        base = len(self.path.rstrip("/")) + 1
+        return any(i.type == pafs.FileType.File and i.path[base:] not in ignore
+                   for i in self._list(recursive=True))
 
     def _list(self, recursive: bool) -> list[pafs.FileInfo]:
         selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=recursive)
@@ -149,6 +152,15 @@ class StoragePath:
     def atomic_write_text(self, text: str) -> None:
         self.atomic_write_bytes(text.encode())
 
+    def create_text(self, text: str) -> None:
+        """Write a new file, whole or not at all; locally, FileExistsError when one is there
+        already, even if another process writes it at the same moment (a bucket has no such
+        check: a lease guards it)."""
+        if self.is_local:
+            create_text(self.path, text)
+        else:
+            self.atomic_write_text(text)
+
     def unlink(self, missing_ok: bool = False) -> None:
         if missing_ok and not self.exists():
             return
@@ -167,8 +179,7 @@ class StoragePath:
         one-line error now rather than a failure inside Ray later."""
         if not self.is_local:
             bucket = self.path.split("/", 1)[0]
-            if StoragePath(self.fs, bucket, self.scheme, self.query)._info().type \
-                    == pafs.FileType.NotFound:
+            if not StoragePath(self.fs, bucket, self.scheme, self.query).exists():
                 raise StorageError(f"{self.scheme}://{bucket}: no such bucket")
         return self
 
@@ -182,8 +193,7 @@ def _call(where: StoragePath, action):
     except (OSError, pa.ArrowException) as err:
         if where.is_local and isinstance(err, OSError):
             raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise StorageError(f"{where}: {first[:200]}") from None
+        raise StorageError(f"{where}: {first_line(err)}") from None
 
 
 def storage_path(location: str | Path | StoragePath) -> StoragePath:
@@ -198,8 +208,8 @@ def storage_path(location: str | Path | StoragePath) -> StoragePath:
     try:
         fs, path = pafs.FileSystem.from_uri(text)
     except (pa.ArrowException, ValueError, OSError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise StorageError(f"{text.split('?')[0]}: not a storage location ({first})") from None
+        raise StorageError(f"{text.split('?')[0]}: not a storage location "
+                           f"({first_line(err)})") from None
     if not path.strip("/"):
         raise StorageError(f"{text}: name a bucket, e.g. {scheme}://BUCKET/experiments")
     return StoragePath(fs, path, scheme, urlsplit(text).query)

@@ -27,26 +27,22 @@ import torch.nn.functional as F
 
 from ._attacks import embedding_margin_loss, frozen, pgd_linf
 from ._clusters import Clusters, ClusterSampler, fit_clusters
-from ._config import TrainConfig, build_config
+from ._config import TrainConfig, recorded_config
 from ._data import ImageData, as_float, augment_batch, load_data
 from ._datasets import DATASETS
-from ._errors import ClustuneError
+from ._errors import ClustuneError, TrainingDiverged, first_line
 from ._files import atomic_write_bytes
 from ._heads import ClusterHead
 from ._models import Backbone, Classifier, build_backbone
 from ._objectives import OBJECTIVES, Batch, free_magnet_adv_replay
 from ._storage import StoragePath, storage_path
 
-__all__ = ["Trainer", "TrainingDiverged", "CheckpointError", "load_checkpoint",
+__all__ = ["Trainer", "CheckpointError", "load_checkpoint",
            "load_classifier", "load_dataset", "resolve_device", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "clustune-checkpoint-v1"
 EVAL_BATCH = 500
 WARM_START_SEED_OFFSET = 7919  # the warm start's batches: a stream apart from training's
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: the trial ends with this reason."""
 
 
 class CheckpointError(ClustuneError, ValueError):
@@ -436,9 +432,8 @@ def load_checkpoint(path: str | Path | StoragePath, device: str | torch.device =
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except Exception as err:  # torch raises many types for truncated or foreign files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is not a readable clustune checkpoint ({first[:120]})"
-                              ) from None
+        raise CheckpointError(f"{path} is not a readable clustune checkpoint "
+                              f"({first_line(err, 120)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a clustune checkpoint ({CHECKPOINT_FORMAT})")
     return state
@@ -451,7 +446,7 @@ def load_classifier(path: str | Path, head: str | None = None,
     Returns (classifier in eval mode, its config, the raw checkpoint dict).
     """
     state = load_checkpoint(path, device)
-    cfg = build_config(json.loads(state["config"]))
+    cfg = recorded_config(json.loads(state["config"]))
     channels = DATASETS[cfg.data.dataset].channels
     mean = tuple(state["model"]["mean"].flatten().tolist())
     std = tuple(state["model"]["std"].flatten().tolist())

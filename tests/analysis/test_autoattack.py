@@ -18,18 +18,27 @@ from torch import nn
 
 import trainable
 from analysis import (
+    ATTACKS,
     SCHEMA_VERSION,
+    AttackOptions,
+    ClusterGeometry,
+    Provenance,
     RobustnessResult,
     evaluate_checkpoint,
     evaluate_robustness,
     load_result,
     save_result,
 )
-from analysis._autoattack import ATTACKS, _build_adversary, _within_threat_model
+from analysis._autoattack import _build_adversary, _within_threat_model
 from analysis._confirmation import STANDARD_ENSEMBLE
 
 CHEAP = {"version": "custom", "n_iter": 10, "n_restarts": 1, "n_target_classes": 3,
          "n_queries": 100, "adaptive_steps": 20}
+
+
+def cheap(eps: float, attacks: list[str]) -> AttackOptions:
+    """These attacks at small budgets: seconds, not minutes."""
+    return AttackOptions(eps=eps, attacks=attacks, **CHEAP)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -104,7 +113,7 @@ class ClampedHead(trainable.ClusterHead):
 
 def test_undefended_model_falls_to_standard_autoattack(backbone, digits):
     x, y = points(digits, 12)
-    r = evaluate_robustness(trainable.Classifier(backbone), x, y, eps=0.3)
+    r = evaluate_robustness(trainable.Classifier(backbone), x, y, AttackOptions(eps=0.3))
     assert r.clean_acc >= 0.9
     assert r.autoattack_acc <= 0.1
     assert r.attacks == ["apgd-ce", "apgd-t", "fab-t", "square"]
@@ -121,8 +130,8 @@ def test_undefended_model_falls_to_standard_autoattack(backbone, digits):
 def test_every_attack_stays_within_the_threat_model(backbone, clusters, digits, attack):
     x, y = points(digits, 16)
     eps = 0.1
-    r = evaluate_robustness(cluster_model(backbone, clusters), x, y, eps=eps, attacks=[attack],
-                            **CHEAP)
+    r = evaluate_robustness(cluster_model(backbone, clusters), x, y,
+                            cheap(eps, [attack]))
     assert r.within_threat_model
     assert r.max_perturbation <= eps + 1e-5
     col = r.per_example
@@ -171,13 +180,13 @@ def check_columns_match_summary(r: RobustnessResult) -> None:
 def test_per_example_outcomes_agree_with_the_summary(backbone, clusters, digits):
     x, y = points(digits, 30)
     model = cluster_model(backbone, clusters)
-    r = evaluate_robustness(model, x, y, eps=0.1, attacks=["apgd-ce", "apgd-t", "square"],
-                            **CHEAP)
+    r = evaluate_robustness(model, x, y,
+                            cheap(0.1, ["apgd-ce", "apgd-t", "square"]))
     check_columns_match_summary(r)
     assert r.per_example["label"] == y.tolist()
     assert len({b for b in r.per_example["broken_by"] if b}) >= 2  # several attacks scored
     # CE-only runs on its own when APGD-CE does not lead the ensemble
-    alone = evaluate_robustness(model, x, y, eps=0.1, attacks=["apgd-t"], **CHEAP)
+    alone = evaluate_robustness(model, x, y, cheap(0.1, ["apgd-t"]))
     check_columns_match_summary(alone)
     assert "apgd-ce (ce-only)" in alone.attack_settings
     assert alone.ce_only_acc == r.ce_only_acc  # same APGD-CE on the same points
@@ -187,14 +196,12 @@ def test_batched_driver_matches_one_official_autoattack_call(backbone, clusters,
     x, y = points(digits, 30)
     model = cluster_model(backbone, clusters)
     attacks = ["apgd-ce", "apgd-t"]
-    budget = {"n_iter": 10, "n_restarts": 1, "n_target_classes": 3, "n_queries": None}
-    r = evaluate_robustness(model, x, y, eps=0.1, attacks=attacks, batch_size=7,
-                            version="custom", n_iter=10, n_restarts=1, n_target_classes=3,
-                            adaptive_steps=1)
+    options = AttackOptions(eps=0.1, attacks=attacks, batch_size=7, version="custom",
+                            n_iter=10, n_restarts=1, n_target_classes=3, adaptive_steps=1)
+    r = evaluate_robustness(model, x, y, options)
     # several batches per attack, and the second attack attacks what the first left over
     assert 0 < r.per_attack_acc["apgd-t"] < r.per_attack_acc["apgd-ce"] < r.clean_acc
-    official = _build_adversary(model, norm="Linf", eps=0.1, version="custom", attacks=attacks,
-                                seed=0, device="cpu", budget=budget)
+    official = _build_adversary(model, options, "cpu")
     x_adv, y_adv = official.run_standard_evaluation(x, y, batch_size=7)
     assert r.per_example["autoattack_robust"] == (y_adv == y).tolist()
     linf = (x_adv - x).flatten(1).abs().amax(1)
@@ -204,12 +211,13 @@ def test_batched_driver_matches_one_official_autoattack_call(backbone, clusters,
 def test_gradient_masked_head_fools_ce_but_not_the_ensemble(backbone, clusters, digits):
     x, y = points(digits, 30)
     masked = cluster_model(backbone, clusters, 1e-2)  # softmax saturates: CE gradient is 0
-    r = evaluate_robustness(masked, x, y, eps=0.2, attacks=["apgd-ce", "apgd-t"], **CHEAP)
+    r = evaluate_robustness(masked, x, y,
+                            cheap(0.2, ["apgd-ce", "apgd-t"]))
     assert r.ce_only_acc >= 0.5
     assert r.autoattack_acc <= 0.1
     assert "ce_gap" in r.masking_flags
-    honest = evaluate_robustness(cluster_model(backbone, clusters), x, y, eps=0.2,
-                                 attacks=["apgd-ce", "apgd-t"], **CHEAP)
+    honest = evaluate_robustness(cluster_model(backbone, clusters), x, y,
+                                 cheap(0.2, ["apgd-ce", "apgd-t"]))
     assert "ce_gap" not in honest.masking_flags
 
 
@@ -217,8 +225,8 @@ def test_saturated_head_is_caught_by_the_adaptive_attack(backbone, clusters, dig
     x, y = points(digits, 30)
     saturated = cluster_model(backbone, clusters, 1e-4)  # logits 0 or clamped: no gradients
     saturated.head.__class__ = ClampedHead
-    r = evaluate_robustness(saturated, x, y, eps=0.1,
-                            attacks=["apgd-ce", "apgd-t", "square"], **CHEAP)
+    r = evaluate_robustness(saturated, x, y,
+                            cheap(0.1, ["apgd-ce", "apgd-t", "square"]))
     assert r.adaptive_acc < r.autoattack_acc - 0.05
     assert "adaptive_gap" in r.masking_flags
     zero_grad = [f for f in r.autoattack_flags if "zero gradient" in f]
@@ -228,9 +236,9 @@ def test_saturated_head_is_caught_by_the_adaptive_attack(backbone, clusters, dig
 
 def test_result_json_round_trip_keeps_every_field(backbone, clusters, digits, tmp_path):
     x, y = points(digits, 8)
-    r = evaluate_robustness(cluster_model(backbone, clusters), x, y, eps=0.1,
-                            attacks=["apgd-ce"], dataset="digits", head="logprob",
-                            config={"seed": 1}, **CHEAP)
+    r = evaluate_robustness(cluster_model(backbone, clusters), x, y,
+                            cheap(0.1, ["apgd-ce"]),
+                            provenance=Provenance("digits", "logprob", None, {"seed": 1}))
     path = save_result(r, tmp_path / "out" / "result.json")
     assert load_result(path) == r
     assert RobustnessResult.from_json(r.to_json()) == r
@@ -260,15 +268,16 @@ def test_result_json_round_trip_keeps_every_field(backbone, clusters, digits, tm
     ({"norm": "Linf2"}, "unknown norm"),
     ({"eps": 0.0}, "positive"),
     ({"batch_size": 0}, "batch_size"),
-    ({"centroids": torch.zeros(10, 16)}, "together"),
-    ({"norm": "L2", "embed": lambda t: t, "centroids": torch.zeros(10, 16),
-      "centroid_class": torch.arange(10)}, "Linf"),
+    ({"norm": "L2", "geometry": ClusterGeometry(lambda t: t, torch.zeros(10, 16),
+                                                torch.arange(10))}, "Linf"),
 ])
 def test_contradictory_options_are_refused(backbone, digits, options, match):
     x, y = points(digits, 4)
-    kwargs = {"eps": 0.1, **options}
+    options = {"eps": 0.1, **options}
+    geometry = options.pop("geometry", None)
     with pytest.raises(ValueError, match=match) as err:
-        evaluate_robustness(trainable.Classifier(backbone), x, y, **kwargs)
+        evaluate_robustness(trainable.Classifier(backbone), x, y, AttackOptions(**options),
+                            geometry=geometry)
     assert "\n" not in str(err.value)
 
 
@@ -276,9 +285,9 @@ def test_bad_data_is_refused(backbone, digits):
     model = trainable.Classifier(backbone)
     x, y = points(digits, 4)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        evaluate_robustness(model, x * 255, y, eps=0.1)
+        evaluate_robustness(model, x * 255, y, AttackOptions(eps=0.1))
     with pytest.raises(ValueError, match="labels"):
-        evaluate_robustness(model, x, y[:3], eps=0.1)
+        evaluate_robustness(model, x, y[:3], AttackOptions(eps=0.1))
 
 
 class Interrupt(Exception):
@@ -288,8 +297,8 @@ class Interrupt(Exception):
 def test_interrupted_evaluation_resumes_from_its_state(backbone, clusters, digits, tmp_path):
     x, y = points(digits, 24)
     model = cluster_model(backbone, clusters)
-    options = {"eps": 0.1, "attacks": ["apgd-ce", "apgd-t"], "batch_size": 8, **CHEAP}
-    reference = evaluate_robustness(model, x, y, **options)
+    options = AttackOptions(eps=0.1, attacks=["apgd-ce", "apgd-t"], batch_size=8, **CHEAP)
+    reference = evaluate_robustness(model, x, y, options)
     state = tmp_path / "state.json"
 
     def stop_in_apgd_t(stage: str, done: int, total: int) -> None:
@@ -297,13 +306,12 @@ def test_interrupted_evaluation_resumes_from_its_state(backbone, clusters, digit
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        evaluate_robustness(model, x, y, state_path=state, progress=stop_in_apgd_t, **options)
+        evaluate_robustness(model, x, y, options, state_path=state, progress=stop_in_apgd_t)
     interrupted_s = json.loads(state.read_text())["elapsed_s"]
     assert interrupted_s > 0
     seen: list[str] = []
-    resumed = evaluate_robustness(model, x, y, state_path=state,
-                                  progress=lambda stage, done, total: seen.append(stage),
-                                  **options)
+    resumed = evaluate_robustness(model, x, y, options, state_path=state,
+                                  progress=lambda stage, done, total: seen.append(stage))
     assert set(seen) == {"apgd-t", "adaptive"}  # clean pass and APGD-CE were not redone
     apgd_t_batches = math.ceil(round(reference.per_attack_acc["apgd-ce"] * 24) / 8)
     assert apgd_t_batches >= 2
@@ -312,7 +320,8 @@ def test_interrupted_evaluation_resumes_from_its_state(backbone, clusters, digit
     assert dataclasses.replace(resumed, wall_time_s=0) == dataclasses.replace(reference,
                                                                                wall_time_s=0)
     with pytest.raises(ValueError, match="another evaluation"):
-        evaluate_robustness(model, x, y, state_path=state, **{**options, "eps": 0.2})
+        evaluate_robustness(model, x, y, dataclasses.replace(options, eps=0.2),
+                            state_path=state)
 
 
 def test_model_mode_gradients_and_tracing_are_left_as_found(backbone, digits):
@@ -327,8 +336,9 @@ def test_model_mode_gradients_and_tracing_are_left_as_found(backbone, digits):
 
     sys.settrace(tracer)
     try:
-        evaluate_robustness(model, x, y, eps=0.1, attacks=["fab"], version="custom", n_iter=3,
-                            n_restarts=1)  # FAB calls backward()
+        evaluate_robustness(model, x, y, AttackOptions(eps=0.1, attacks=["fab"],
+                                                       version="custom", n_iter=3,
+                                                       n_restarts=1))  # FAB calls backward()
         assert sys.gettrace() is tracer
     finally:
         sys.settrace(None)
@@ -354,15 +364,16 @@ def checkpoint(tmp_path_factory, one_thread):
 
 def test_evaluate_checkpoint_fills_dataset_head_and_config(checkpoint, digits):
     path, cfg = checkpoint
-    cheap = {"version": "custom", "attacks": ["apgd-ce"], "n_iter": 3, "n_restarts": 1,
-             "adaptive_steps": 3}
-    r = evaluate_checkpoint(path, examples=6, **cheap)
+    cheap = AttackOptions(version="custom", attacks=["apgd-ce"], n_iter=3, n_restarts=1,
+                          adaptive_steps=3)
+    r = evaluate_checkpoint(path, cheap, examples=6)
     assert (r.dataset, r.head, r.eps, r.n_examples) == ("digits", "logprob", 0.1, 6)
     assert r.config == cfg.model_dump(mode="json")
     assert r.checkpoint == str(path)
     assert r.per_example["label"] == digits.y_test[:6].tolist()
     assert r.adaptive_acc is not None  # cluster head: the adaptive attack ran
-    raw = evaluate_checkpoint(path, head="raw", examples=4, split="val", eps=0.05, **cheap)
+    raw = evaluate_checkpoint(path, dataclasses.replace(cheap, eps=0.05), head="raw",
+                              examples=4, split="val")
     assert (raw.head, raw.eps, raw.per_example["label"]) == ("raw", 0.05,
                                                              digits.y_val[:4].tolist())
     with pytest.raises(ValueError, match="split"):

@@ -12,8 +12,7 @@ import optuna_dashboard
 import pytest
 from plotly.offline import get_plotlyjs
 
-from analysis import export_experiment, write_report
-from analysis._report import pareto_front
+from analysis import export_experiment, pareto_front, write_report
 from search.cli import main
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -40,7 +39,7 @@ def test_report_of_a_finished_search(finished_report, finished_experiment):
     fake = finished_experiment
     for tid in fake.trials:
         assert tid in page
-    assert "Results in the paper&#x27;s shape" in page
+    assert "Results in the paper&#39;s shape" in page
     # the evaluated trial: clean, CE-only and AutoAttack accuracy on the test images, flagged
     assert (f"<td>{fake.aa_trial}</td><td>logprob</td><td class=\"num\">62.0</td>"
             '<td class="num">27.0</td><td class="num">4.0</td>'

@@ -73,15 +73,19 @@ def _kill_session(sid: int) -> None:
 @pytest.fixture
 def clustune(tmp_path):
     """clustune(*args) -> Popen of the real CLI in a session of its own, its output in
-    proc.log; proc.crash() SIGKILLs the whole session. Afterwards every process left in those
-    sessions is killed: Ray's dashboard and runtime-env agents outlive a driver killed with
-    SIGKILL."""
+    proc.log; proc.crash() SIGKILLs the whole session. With CLUSTUNE_DRIVER_FAULT set, the
+    CLI runs through search.testing, which arms that fault. Afterwards every process left in
+    those sessions is killed: Ray's dashboard and runtime-env agents outlive a driver killed
+    with SIGKILL."""
+    from search.testing import FAULT_ENV
+
     started: list[subprocess.Popen] = []
 
     def start(*args: str) -> subprocess.Popen:
         log = tmp_path / f"clustune-{len(started)}.log"
+        module = "search.testing" if os.environ.get(FAULT_ENV) else "search.cli"
         with log.open("w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "search.cli", *args],
+            proc = subprocess.Popen([sys.executable, "-m", module, *args],
                                     env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
                                     stdout=out, stderr=subprocess.STDOUT, text=True,
                                     start_new_session=True)

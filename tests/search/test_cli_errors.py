@@ -14,7 +14,8 @@ def no_ray(monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("Ray was started for a bad config")
 
-    monkeypatch.setattr("search._search_cmd.start_ray", refuse)
+    monkeypatch.setattr("search._run.start_ray", refuse)  # search, resume, confirm
+    monkeypatch.setattr("search._tuner.start_ray", refuse)  # evaluate
 
 
 def _experiment_folder(path, **search) -> str:

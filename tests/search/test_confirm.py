@@ -19,8 +19,7 @@ from analysis import (
     load_experiment,
     write_report,
 )
-from search import SearchConfig, run_search
-from search._confirm import run_confirm
+from search import SearchConfig, run_confirm, run_search
 from search.cli import main
 
 T_975_DF1 = 12.706204736174698  # Student's t, 97.5 % quantile, one degree of freedom
@@ -32,9 +31,10 @@ def confirmed(ray_session, tmp_path_factory, digits_search):
     data["train"]["optim"]["epochs"] = 2
     path = tmp_path_factory.mktemp("confirm") / "exp"
     run_search(SearchConfig.model_validate(data), path)
-    found = run_confirm(path, top=1, seeds=2, baselines=["pgd_at"], examples=16,
-                        attacks=AUDIT)
-    return path, found
+    outcome = run_confirm(path, top=1, seeds=2, baselines=["pgd_at"], examples=16,
+                          attacks=AUDIT)
+    assert not outcome.search.stopped_early
+    return path, outcome.confirmations
 
 
 AUDIT = ["apgd-ce", "apgd-t"]
@@ -128,7 +128,7 @@ def test_running_it_again_continues_and_retrains_nothing(confirmed):
     path, found = confirmed
     before = {t.trial_id: t.history for t in load_experiment(path / "confirm").trials}
     again = run_confirm(path, seeds=2, baselines=["pgd_at"])  # the others as recorded
-    assert again == found
+    assert again.confirmations == found
     after = {t.trial_id: t.history for t in load_experiment(path / "confirm").trials}
     assert after == before
     assert json.loads((path / "confirm" / "clustune.json").read_text())["name"] == "confirm"

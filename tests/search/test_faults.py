@@ -15,13 +15,29 @@ import yaml
 from ray import tune
 from rich.console import Console
 
-from analysis import export_experiment, load_experiment, write_report
-from search import SearchConfig, run_search, trial_table
-from search._console import UsageError
-from search._final import select_trials
+from analysis import export_experiment, load_experiment, to_rich, trials_table, write_report
+from search import (
+    SearchConfig,
+    UsageError,
+    build_tuner,
+    create_experiment,
+    prepare_warm_starts,
+    select_trials,
+)
+from search.testing import crash_once
+from trainable import storage_path
 
 # fixed points: the same trial three times, one crashing once at epoch 2, one diverging
-FAULTS = {"healthy": {}, "crash": {"fail_at_epoch": 2}, "nan": {"optim": {"lr": 1.0e6}}}
+FAULTS = {"healthy": {}, "crash": {}, "nan": {"optim": {"lr": 1.0e6}}}
+
+
+def _run(cfg: SearchConfig, path, callbacks=None):
+    """A search whose trial at the point "crash" raises once at epoch 2 (search.testing)."""
+    experiment = storage_path(path)
+    create_experiment(cfg, experiment)
+    prepare_warm_starts(cfg, experiment)
+    build_tuner(cfg, experiment, callbacks, trainable=crash_once("crash", 2)).fit()
+    return load_experiment(experiment)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +46,7 @@ def faults_experiment(ray_session, tmp_path_factory, digits_search):
     data.pop("space")
     data["points"] = FAULTS
     data["train"]["optim"]["epochs"] = 3
-    return run_search(SearchConfig.model_validate(data), tmp_path_factory.mktemp("faults") / "exp")
+    return _run(SearchConfig.model_validate(data), tmp_path_factory.mktemp("faults") / "exp")
 
 
 def _trial(experiment, point: str):
@@ -68,7 +84,7 @@ def test_diverging_trial_ends_with_its_reason_and_the_search_goes_on(faults_expe
     assert all(t.epochs == 3 for t in faults_experiment.trials if t is not nan)
 
     console = Console(file=io.StringIO(), width=250, record=True)
-    console.print(trial_table(faults_experiment, top=1))  # as printed after a search
+    console.print(to_rich(trials_table(faults_experiment, top=1)))  # as after a search
     table = console.export_text()
     assert "DIVERGED" in table and f"diverged: {nan.diverged}" in table
     assert "retried after" in table  # the crashed trial, though ranked below the top one
@@ -191,9 +207,7 @@ def test_a_retry_keeps_every_epoch_written_since_the_last_copy(ray_session, tmp_
     Ray restores the stale copy when the trial restarts. With the staged files copied to the
     experiment first, the history is [1, 2, 3]; without, epoch 1 is lost (the failure once
     seen in CI: a retried trial that 'ended after epoch 2')."""
-    from search import build_tuner
     from search._driver import CurrentResultsBeforeRetry
-    from trainable import storage_path
 
     if not fixed:
         monkeypatch.setattr(CurrentResultsBeforeRetry, "on_trial_recover",
@@ -203,11 +217,9 @@ def test_a_retry_keeps_every_epoch_written_since_the_last_copy(ray_session, tmp_
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "3600")
     data = digits_search(scheduler="fifo", max_failures=1)
     data.pop("space")
-    data["points"] = {"crash": {"fail_at_epoch": 2}}
+    data["points"] = {"crash": {}}
     data["train"]["optim"]["epochs"] = 3
-    experiment = storage_path(tmp_path / "exp")
-    build_tuner(SearchConfig.model_validate(data), experiment,
-                callbacks=[_StaleCopyAtEpoch1()]).fit()
-    (trial,) = load_experiment(experiment).trials
+    (trial,) = _run(SearchConfig.model_validate(data), tmp_path / "exp",
+                    callbacks=[_StaleCopyAtEpoch1()]).trials
     epochs = [r["training_iteration"] for r in trial.history]
     assert epochs == ([1, 2, 3] if fixed else [2, 3])

@@ -6,15 +6,14 @@ import pytest
 import torch
 
 from analysis import load_result
-from search import SearchConfig, run_search
-from search._final import run_final_stage, select_trials
+from search import SearchConfig, run_final_stage, run_search, select_trials
 from trainable import load_classifier, load_dataset
 
 
 @pytest.fixture(scope="module")
 def experiment(ray_session, tmp_path_factory, digits_search):
     cfg = SearchConfig.model_validate(digits_search(num_samples=3, scheduler="fifo"))
-    return run_search(cfg, tmp_path_factory.mktemp("final") / "exp")
+    return run_search(cfg, tmp_path_factory.mktemp("final") / "exp").experiment
 
 
 def test_final_stage_evaluates_the_best_trials_with_autoattack(experiment):

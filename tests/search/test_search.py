@@ -20,7 +20,7 @@ def _config(data: dict) -> SearchConfig:
 @pytest.fixture(scope="module")
 def asha_experiment(ray_session, tmp_path_factory, digits_search):
     cfg = _config(digits_search(num_samples=8, reduction_factor=2, grace_period=1))
-    return run_search(cfg, tmp_path_factory.mktemp("exp") / "asha")
+    return run_search(cfg, tmp_path_factory.mktemp("exp") / "asha").experiment
 
 
 def test_trials_report_metrics_every_epoch(asha_experiment):
@@ -167,7 +167,7 @@ def test_a_shared_rdb_study_is_used_instead_of_the_experiments_own(ray_session, 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     data = digits_search(num_samples=2, study_storage=url)
     data["train"]["optim"]["epochs"] = 1
-    experiment = run_search(_config(data), tmp_path / "exp")
+    experiment = run_search(_config(data), tmp_path / "exp").experiment
     assert not (tmp_path / "exp" / "optuna.db").exists()
     assert experiment.open_study() == url == read_meta(experiment.path).study_storage
     study = optuna.load_study(study_name=experiment.meta.study_name, storage=url)

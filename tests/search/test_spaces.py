@@ -6,8 +6,7 @@ import optuna
 import pytest
 import yaml
 
-from search import list_search_presets, load_search_config
-from search._spaces import ParamSpec, suggest
+from search import ParamSpec, list_search_presets, load_search_config, suggest
 from trainable import resolve_trial_config
 
 

@@ -18,7 +18,7 @@ WRITE = re.compile(r"\.write_(text|bytes)\(|open\(.*[\"'][wax]b?\+?[\"']|torch\.
 ALLOWED = {
     "trainable/_files.py": 'os.fdopen(fd, "wb")',
     "trainable/_trainer.py": "torch.save(self.state_dict(), buffer)",
-    "search/_train_cmd.py": '(out / "metrics.jsonl").open("w")',
+    "search/_cli_train.py": '(out / "metrics.jsonl").open("w")',
 }
 
 

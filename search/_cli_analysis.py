@@ -1,4 +1,5 @@
-"""``clustune export``, ``best``, ``report`` and ``dashboard``: reading an experiment back."""
+"""``clustune export``, ``best``, ``report`` and ``dashboard``: reading an experiment back (the
+analysis package's functions, imported when a command runs)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ import argparse
 from collections.abc import Callable
 from typing import TypeVar
 
-from analysis import best_configs, export_experiment, load_experiment, write_report
-
-from ._console import UsageError, console
+from ._console import console
+from ._errors import UsageError
 
 __all__ = ["add_analysis_commands"]
 
@@ -25,6 +25,8 @@ def _run(what: Callable[[], T]) -> T:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from analysis import export_experiment
+
     written = _run(lambda: export_experiment(args.dir, args.out))
     for path in written.values():
         print(path)
@@ -32,6 +34,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
+    from analysis import best_configs
+
     written = _run(lambda: best_configs(args.dir, top=args.top, out=args.out,
                                         include_flagged=args.include_flagged))
     if not written:
@@ -45,6 +49,8 @@ def _cmd_best(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from analysis import write_report
+
     path = _run(lambda: write_report(args.dir, args.out))
     print(path)
     if path.is_local:
@@ -54,6 +60,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
+
+    from analysis import load_experiment
 
     experiment = load_experiment(args.dir)
     storage = experiment.open_study(required=True)
