@@ -16,6 +16,7 @@ set as a string and then refuses every state it wrote).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -42,7 +43,7 @@ from trainable import (
     frozen,
     load_classifier,
     load_dataset,
-    pgd_linf,
+    pgd,
     storage_path,
 )
 
@@ -57,6 +58,8 @@ VERSIONS = ("standard", "plus", "rand", "custom")
 NORMS = ("Linf", "L2", "L1")
 TOLERANCE = 1e-5  # slack on eps when checking the threat model (float rounding)
 CE_ONLY = "apgd-ce (ce-only)"
+PGD_NORM = {"Linf": "linf", "L2": "l2"}  # AutoAttack's norm names -> trainable.pgd's, where the
+# adaptive attack runs
 ADAPTIVE = "adaptive"
 
 Progress = Callable[[str, int, int], None]  # (stage, examples done, examples in the stage)
@@ -183,15 +186,16 @@ def _geometry(model: nn.Module, given: ClusterGeometry | None, norm: str,
     """The adaptive attack's geometry: given, or a Classifier's own ClusterHead (cluster id =
     class*K + i); None for a model without one."""
     if given is not None:
-        if norm != "Linf":
-            raise ValueError(f"the adaptive attack is Linf PGD; it cannot run with norm={norm!r}")
+        if norm not in PGD_NORM:
+            raise ValueError(f"the adaptive attack is PGD in Linf or L2; it cannot run with "
+                             f"norm={norm!r}")
         info = ClusterGeometry(given.embed, given.centroids.detach(),
                                given.centroid_class.detach().long())
-    elif norm == "Linf" and isinstance(model, Classifier) and isinstance(model.head, ClusterHead):
+    elif norm in PGD_NORM and isinstance(model, Classifier) and \
+            isinstance(model.head, ClusterHead):
         head = model.head
-        cls = torch.arange(head.num_classes, device=head.centroids.device)
         info = ClusterGeometry(model.backbone.embed, head.centroids.detach(),
-                               cls.repeat_interleave(head.k))
+                               head.centroid_class)
     else:
         return None
     if info.centroids.ndim != 2 or info.centroid_class.shape != info.centroids.shape[:1]:
@@ -430,7 +434,8 @@ class _Evaluation:
             xb, yb = self.x[index], self.y[index]
             generator = torch.Generator().manual_seed(seed + batch)  # same start on resume
             loss = embedding_margin_loss(info.embed, info.centroids, info.centroid_class, yb)
-            x_adv = pgd_linf(loss, xb, self.eps, step_size, steps, generator=generator)
+            x_adv = pgd(loss, xb, self.eps, step_size, steps, PGD_NORM[self.norm],
+                        generator=generator)
             with torch.no_grad():
                 return x_adv, self.model(x_adv).argmax(1) != yb
 
@@ -446,7 +451,8 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     """Run AutoAttack on (x, y) in [0, 1], plus the CE-only and adaptive checks, and audit them.
 
     The adaptive attack runs when ``geometry`` is given, or by itself when ``model`` is a
-    :class:`trainable.Classifier` with a :class:`trainable.ClusterHead` and the norm is Linf.
+    :class:`trainable.Classifier` with a :class:`trainable.ClusterHead` and the norm is Linf or
+    L2.
     ``state_path`` saves progress after every batch; calling again with the same model, data
     and options resumes there. The model runs in eval mode without parameter gradients; both
     are restored afterwards. ``provenance`` is copied into the result.
@@ -561,9 +567,9 @@ def evaluate_checkpoint(path: str | Path, options: AttackOptions | None = None, 
     """Evaluate a clustune checkpoint on the first ``examples`` images of its dataset's split.
 
     ``split`` is "test" (final reports) or "val" (the held-out part of the training set that
-    search decisions use); an ``options.eps`` of None is the threat model the model was
-    validated for (``eval.eps``, else ``attack.eps``, else the dataset's); ``head`` re-heads a
-    clustering model.
+    search decisions use); an ``options.eps`` or ``options.norm`` of None is the threat model
+    the model was validated for (``eval.eps``, else ``attack.eps``, else the dataset's radius
+    for ``attack.norm``); ``head`` re-heads a clustering model.
     """
     if split not in ("test", "val"):
         raise ValueError(f"unknown split {split!r}; choose test or val")
@@ -571,8 +577,9 @@ def evaluate_checkpoint(path: str | Path, options: AttackOptions | None = None, 
         raise ValueError(f"examples must be at least 1, got {examples}")
     clf, cfg, state = load_classifier(path, head, device)
     options = options or AttackOptions()
-    if options.eps is None:
-        options = AttackOptions(**{**vars(options), "eps": cfg.eval_eps})
+    options = dataclasses.replace(
+        options, eps=cfg.eval_eps if options.eps is None else options.eps,
+        norm=options.norm or {"linf": "Linf", "l2": "L2"}[cfg.attack.norm])
     data = load_dataset(cfg)
     x_all, y_all = (data.x_test, data.y_test) if split == "test" else (data.x_val, data.y_val)
     x = x_all[:examples].float() / 255.0

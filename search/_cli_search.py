@@ -103,7 +103,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ._errors import UsageError
     from ._final import run_final_stage
     from ._lease import hold_lease
-    from ._tuner import check_gpus, start_ray
+    from ._tuner import check_resources, start_ray
 
     experiment_dir = storage_path(args.dir)
     read_meta(experiment_dir)
@@ -113,7 +113,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise UsageError("--attacks replaces --version's ensemble: give one of the two")
     for result in (experiment_dir / FINAL_DIR).glob("*.json"):
         load_result(result)  # a damaged result is refused before Ray starts, not overwritten
-    check_gpus(args.gpus_per_task, args.address, "--gpus-per-task")
+    check_resources(1, args.gpus_per_task, args.address, "--gpus-per-task")
     start = time.perf_counter()
     with hold_lease(experiment_dir, "clustune evaluate"), Watcher() as watch:
         start_ray(args.address)  # once the lease is ours: a refusal starts nothing

@@ -9,6 +9,7 @@ from analysis import META_FILE, ExperimentMeta, study_file, study_url
 from trainable import StoragePath
 
 from ._errors import UsageError
+from ._lease import LEASE_FILE
 from ._spaces import SearchConfig
 
 __all__ = ["create_experiment", "refuse_existing", "study_location"]
@@ -22,8 +23,9 @@ def study_location(cfg: SearchConfig, experiment: StoragePath) -> tuple[str, str
 
 
 def refuse_existing(experiment: StoragePath) -> None:
-    """A new experiment never writes over files: one there is continued, not restarted."""
-    if experiment.has_files():
+    """A new experiment never writes over files: one there is continued, not restarted (a
+    bucket's lease, written first, is not one)."""
+    if experiment.has_files(ignore=(LEASE_FILE,)):
         raise UsageError(f"{experiment} already exists; continue it with `clustune resume "
                          f"{experiment.uri}` or choose another --name")
 

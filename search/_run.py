@@ -3,9 +3,11 @@ one (:func:`resume_search`). Each returns what happened (:class:`SearchOutcome`)
 prints or exits: the caller watches through ``on_event`` and Tune ``callbacks`` and decides
 what an early stop means (the command line exits 130).
 
-The steps, in order: check the inputs, start Ray, write the experiment's files, train the warm
-starts the trials will share, run the trials, and, when every trial has ended, the final
-stage's AutoAttack audit of the best.
+The steps, in order: check the inputs, start Ray, write the experiment's files and take its
+lease (one writer at a time), train the warm starts the trials will share, run the trials,
+and, when every trial has ended, the final stage's AutoAttack audit of the best. Cloud
+credentials in the environment stay out of everything Ray Tune configures meanwhile
+(:func:`trainable.credentials_hidden`): the trials get theirs from their own node.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from ray import tune
 
 from analysis import WARM_START_DIR, Experiment, load_experiment, read_meta
-from trainable import StoragePath, storage_path
+from trainable import StoragePath, credentials_hidden, storage_path
 
 from ._driver import graceful_interrupts
 from ._events import (
@@ -34,7 +36,14 @@ from ._lease import hold_lease
 from ._searcher import upload_study
 from ._spaces import SearchConfig, check_inputs
 from ._trainable import prepare_warm_starts
-from ._tuner import build_tuner, check_gpus, check_resumable, embedded, restore_tuner, start_ray
+from ._tuner import (
+    build_tuner,
+    check_resources,
+    check_resumable,
+    embedded,
+    restore_tuner,
+    start_ray,
+)
 
 __all__ = ["SearchOutcome", "run_search", "resume_search"]
 
@@ -57,14 +66,16 @@ def run_search(cfg: SearchConfig, experiment: str | Path | StoragePath,
     """Launch a new search in experiment (a folder, or a location in cloud storage) on the Ray
     cluster at address (else an embedded Ray with num_cpus)."""
     experiment = storage_path(experiment).check()
-    check_gpus(cfg.search.gpus_per_trial, address, "--gpus-per-trial")
+    s = cfg.search
+    check_resources(s.cpus_per_trial, s.gpus_per_trial, address,
+                    "--cpus-per-trial/--gpus-per-trial", num_cpus)
     if embedded(address):
         check_inputs(cfg)
     refuse_existing(experiment)  # before Ray starts
     dashboard = start_ray(address, num_cpus)  # writes nothing: a bad address leaves no folder
     if experiment.is_local:  # its clustune.json, created first, is what the lease locks
         meta = create_experiment(cfg, experiment)
-    with hold_lease(experiment, "clustune search"):
+    with hold_lease(experiment, "clustune search"), credentials_hidden():
         if not experiment.is_local:  # a bucket's lease is an object: held before writing
             meta = create_experiment(cfg, experiment)
         on_event(SearchStarted(experiment, meta.study_storage, dashboard, resumed=False))
@@ -80,11 +91,13 @@ def resume_search(experiment: str | Path | StoragePath, address: str | None = No
     experiment = storage_path(experiment).check()
     meta = read_meta(experiment)
     cfg = SearchConfig.model_validate(meta.config)
-    check_gpus(cfg.search.gpus_per_trial, address, "the search's gpus_per_trial")
+    check_resources(cfg.search.cpus_per_trial, cfg.search.gpus_per_trial, address,
+                    "the search's cpus_per_trial/gpus_per_trial", num_cpus)
     check_resumable(experiment, cfg)
     dashboard = start_ray(address, num_cpus)
-    tuner = restore_tuner(experiment)  # refused here, a damaged state leaves no trace
-    with hold_lease(experiment, "clustune resume"):
+    with credentials_hidden():
+        tuner = restore_tuner(experiment)  # refused here, a damaged state leaves no trace
+    with hold_lease(experiment, "clustune resume"), credentials_hidden():
         on_event(SearchStarted(experiment, meta.study_storage, dashboard, resumed=True))
         _warm_starts(cfg, experiment, on_event)
         return _fit(tuner, experiment, on_event)

@@ -46,11 +46,9 @@ def trial_device() -> str:
 
 
 def _store_warm_start(cfg: TrainConfig, stored: StoragePath, device: str | None) -> None:
-    """Train cfg's CE warm start and write it to stored (atomically: a reader sees all of it
-    or none)."""
-    ce = cfg.model_copy(deep=True)
-    ce.objective.variant = "ce"
-    trainer = Trainer(ce, device=device)
+    """Train cfg's warm start and write it to stored (atomically: a reader sees all of it or
+    none)."""
+    trainer = Trainer(cfg, device=device)
     trainer.warm_start()
     with tempfile.TemporaryDirectory() as scratch:
         local = Path(scratch) / "warm.pt"
@@ -60,7 +58,7 @@ def _store_warm_start(cfg: TrainConfig, stored: StoragePath, device: str | None)
 
 def shared_warm_start(cfg: TrainConfig, storage: StoragePath, device: str | None = None
                       ) -> TrainConfig:
-    """Point cfg at the shared CE warm start for its key in storage, training and storing it
+    """Point cfg at the shared warm start for its key in storage, training and storing it
     first if nobody has (the same key always trains the same weights, so two trials that
     race to store one store the same file). One in a bucket is copied to this node once."""
     if not cfg.warm_start.ce_epochs:
@@ -76,7 +74,7 @@ def shared_warm_start(cfg: TrainConfig, storage: StoragePath, device: str | None
         if not local.is_file():
             atomic_write_bytes(local, stored.read_bytes())
     data = cfg.model_dump(mode="json")
-    data["warm_start"].update(ce_epochs=0, checkpoint=str(local))
+    data["warm_start"] = {"checkpoint": str(local)}  # trained: nothing else of it applies
     return build_config(data)
 
 

@@ -34,7 +34,7 @@ from ._searcher import OptunaSearcher
 from ._spaces import DEPENDENT, SearchConfig, suggest
 from ._trainable import ClusteringTrainable
 
-__all__ = ["start_ray", "embedded", "check_gpus", "build_tuner", "restore_tuner",
+__all__ = ["start_ray", "embedded", "check_resources", "build_tuner", "restore_tuner",
            "make_searcher", "max_epochs", "check_resumable"]
 
 
@@ -67,7 +67,10 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> str | 
         raise UsageError(f"cannot reach a Ray cluster at {address}")
     if ray.is_initialized():
         return None
-    kwargs: dict[str, Any] = {"logging_level": "ERROR", "configure_logging": True}
+    # workers' output stays in Ray's session folder: their shutdown noise (a SystemExit
+    # traceback per worker after a Ctrl-C) never reaches the terminal
+    kwargs: dict[str, Any] = {"logging_level": "ERROR", "configure_logging": True,
+                              "log_to_driver": False}
     if address:
         context = ray.init(address=address, **kwargs)
     else:
@@ -84,16 +87,25 @@ def embedded(address: str | None = None) -> bool:
     return not (address or os.environ.get("RAY_ADDRESS"))
 
 
-def check_gpus(gpus: float, address: str | None, option: str) -> None:
-    """An embedded Ray never schedules work that asks for more GPUs than this machine has: it
-    would wait for ever. A cluster's autoscaler may still add GPU workers, so it is trusted."""
-    if gpus < 0:
-        raise UsageError(f"{option} must be at least 0, got {gpus:g}")
-    if gpus and embedded(address):
+def check_resources(cpus: float, gpus: float, address: str | None, option: str,
+                    num_cpus: int | None = None) -> None:
+    """Refuse work that asks for resources no node has: an embedded Ray would wait for ever
+    (its node is this machine: ``num_cpus``, else every core, and its GPUs). A cluster's
+    autoscaler may still add bigger nodes for the work, so a cluster is trusted."""
+    if cpus <= 0 or gpus < 0:
+        raise UsageError(f"{option}: CPUs must be above 0 and GPUs at least 0, got {cpus:g} "
+                         f"and {gpus:g}")
+    if not embedded(address):
+        return
+    have_cpus = num_cpus or os.cpu_count() or 1
+    if cpus > have_cpus:
+        raise UsageError(f"{option}: {cpus:g} CPUs per task, and this machine (the embedded "
+                         f"Ray's only node) has {have_cpus}")
+    if gpus:
         have = torch.cuda.device_count()
         if gpus > have:
-            raise UsageError(f"{option} {gpus:g} asks for more GPUs than this machine has "
-                             f"({have}); leave it out to run on the CPU")
+            raise UsageError(f"{option}: {gpus:g} GPUs asked for, and this machine has {have}; "
+                             "leave it out to run on the CPU")
 
 
 def quiet_ray_output(verbose: bool) -> int:
@@ -111,6 +123,15 @@ def _trainable(cfg: SearchConfig, experiment: StoragePath, trainable: type = Clu
                                        experiment=experiment.uri,
                                        share_warm_start=s.share_warm_start)
     return tune.with_resources(with_params, {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
+
+
+def _tune_storage(folder: StoragePath) -> dict[str, Any]:
+    """Where Ray Tune keeps the experiment: a local folder by its path; cloud storage through
+    clustune's own filesystem, which resolved its credentials when it was made (Tune, making
+    its own later, would need them still in the environment: credentials_hidden)."""
+    if folder.is_local:
+        return {"storage_path": folder.uri}
+    return {"storage_path": folder.path, "storage_filesystem": folder.fs}
 
 
 def max_epochs(cfg: SearchConfig) -> int:
@@ -159,7 +180,7 @@ def build_tuner(cfg: SearchConfig, experiment: StoragePath,
         num_samples=len(cfg.points) or s.num_samples, reuse_actors=s.reuse_actors,
         **({} if multi else {"metric": s.metric, "mode": s.mode}))
     run_config = tune.RunConfig(
-        name=experiment.name, storage_path=experiment.parent.uri,
+        name=experiment.name, **_tune_storage(experiment.parent),
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric,
             checkpoint_score_order=s.mode, checkpoint_frequency=1, checkpoint_at_end=False),
@@ -182,7 +203,9 @@ def check_resumable(experiment: StoragePath, cfg: SearchConfig) -> None:
     """Refuse, in one line and before Ray starts, an interrupted search whose saved state or
     Optuna study is not readable. The study of an experiment in cloud storage is copied back
     to where the saved searcher expects it (:func:`analysis.study_file`)."""
-    if not tune.Tuner.can_restore(experiment.uri):
+    where = _tune_storage(experiment)
+    if not tune.Tuner.can_restore(where["storage_path"],
+                                  storage_filesystem=where.get("storage_filesystem")):
         raise UsageError(f"{experiment} has no search state to resume yet")
     problem = search_state_problem(experiment)
     if problem:
@@ -204,8 +227,10 @@ def restore_tuner(experiment: StoragePath, trainable: type = ClusteringTrainable
     cfg = SearchConfig.model_validate(read_meta(experiment).config)
     quiet_ray_output(verbose=False)  # the restored RunConfig keeps the search's verbosity
     try:
-        return tune.Tuner.restore(experiment.uri, trainable=_trainable(cfg, experiment,
-                                                                       trainable),
+        where = _tune_storage(experiment)
+        return tune.Tuner.restore(where["storage_path"], trainable=_trainable(cfg, experiment,
+                                                                                trainable),
+                                  storage_filesystem=where.get("storage_filesystem"),
                                   resume_unfinished=True, resume_errored=True)
     except Exception as err:  # noqa: BLE001 - Ray raises many kinds for a damaged saved state
         raise UsageError(f"cannot resume {experiment}: Ray Tune could not restore its saved "

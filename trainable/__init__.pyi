@@ -1,6 +1,8 @@
+from ._attacks import NORMS as NORMS
 from ._attacks import embedding_margin_loss as embedding_margin_loss
 from ._attacks import frozen as frozen
-from ._attacks import pgd_linf as pgd_linf
+from ._attacks import pgd as pgd
+from ._attacks import project as project
 from ._clusters import Clusters as Clusters
 from ._clusters import ClusterSampler as ClusterSampler
 from ._clusters import fit_clusters as fit_clusters
@@ -44,8 +46,10 @@ from ._models import SmallCNN as SmallCNN
 from ._models import build_backbone as build_backbone
 from ._objectives import OBJECTIVES as OBJECTIVES
 from ._objectives import consistency as consistency
+from ._storage import CREDENTIAL_VARIABLES as CREDENTIAL_VARIABLES
 from ._storage import StorageError as StorageError
 from ._storage import StoragePath as StoragePath
+from ._storage import credentials_hidden as credentials_hidden
 from ._storage import storage_path as storage_path
 from ._trainer import CheckpointError as CheckpointError
 from ._trainer import Trainer as Trainer

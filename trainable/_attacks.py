@@ -1,5 +1,10 @@
-"""Linf PGD with a random start, projected onto the eps-ball and [0, 1], and the embedding-margin
-loss that attacks clustering models through their geometry rather than their heads.
+"""PGD in the Linf or L2 threat model, with a random start, projected onto the eps-ball and
+[0, 1], and the embedding-margin loss that attacks clustering models through their geometry
+rather than their heads.
+
+Linf steps move by the gradient's sign (Madry et al. 2018); L2 steps by the gradient divided by
+its L2 norm, per example, and an L2 projection scales the perturbation back onto the ball
+(clipping to [0, 1] afterwards only shortens it, so it stays inside).
 
 Gradients are taken with torch.autograd.grad with respect to the input alone, so an attack never
 writes into the weights' .grad; callers put the model in eval mode (see :func:`frozen`) so
@@ -15,7 +20,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["pgd_linf", "frozen", "project_linf", "embedding_margin_loss"]
+__all__ = ["NORMS", "pgd", "frozen", "project", "embedding_margin_loss"]
+
+NORMS = ("linf", "l2")
 
 
 @contextmanager
@@ -29,25 +36,54 @@ def frozen(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+def _per_example_norm(t: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each example's tensor, shaped to broadcast against it."""
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (t.ndim - 1))
 
 
-def pgd_linf(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float,
-             step_size: float, steps: int, random_start: bool = True,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-    """Maximise loss_fn(x_adv) over the Linf eps-ball around x with signed-gradient steps."""
-    x = x.detach()
-    if random_start:
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str = "linf"
+            ) -> torch.Tensor:
+    """x_adv moved to the nearest point of the eps-ball around x (in the norm), then into
+    [0, 1]."""
+    if norm == "linf":
+        return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+    delta = x_adv - x
+    delta = delta * (eps / _per_example_norm(delta)).clamp(max=1.0)
+    return (x + delta).clamp_(0.0, 1.0)
+
+
+def _step(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """The direction of steepest ascent of unit norm."""
+    return grad.sign() if norm == "linf" else grad / _per_example_norm(grad)
+
+
+def _random_start(x: torch.Tensor, eps: float, norm: str,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """Uniform in the Linf ball; in the L2 ball, a uniform direction scaled by eps * U(0, 1)."""
+    if norm == "linf":
         noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device, x.dtype)
-        x_adv = project_linf(x + (2 * noise - 1) * eps, x, eps)
-    else:
-        x_adv = x.clone()
+        return x + (2 * noise - 1) * eps
+    direction = torch.randn(x.shape, generator=generator, device="cpu").to(x.device, x.dtype)
+    radius = torch.rand(len(x), generator=generator, device="cpu").to(x.device, x.dtype)
+    return x + direction / _per_example_norm(direction) * eps * radius.view(
+        -1, *[1] * (x.ndim - 1))
+
+
+def pgd(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float,
+        step_size: float, steps: int, norm: str = "linf", random_start: bool = True,
+        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Maximise loss_fn(x_adv) over the eps-ball around x in ``norm`` (linf or l2) with
+    ``steps`` steps of ``step_size``."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+    x = x.detach()
+    x_adv = project(_random_start(x, eps, norm, generator), x, eps, norm) if random_start \
+        else x.clone()
     for _ in range(steps):
         x_adv.requires_grad_(True)
         with torch.enable_grad():
             (grad,) = torch.autograd.grad(loss_fn(x_adv), x_adv)
-        x_adv = project_linf(x_adv.detach() + step_size * grad.sign(), x, eps)
+        x_adv = project(x_adv.detach() + step_size * _step(grad, norm), x, eps, norm)
     return x_adv.detach()
 
 

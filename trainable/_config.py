@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -61,7 +62,7 @@ class DataConfig(ConfigSection):
     dataset: Literal["fashion-mnist", "digits", "cifar10"] = "fashion-mnist"
     root: str | None = None  # dataset folder or archive; None: the dataset's standard place
     val_fraction: float = Field(0.1, gt=0, lt=1)  # share of the training set held out
-    train_subset: int | None = Field(None, gt=0)  # train on this many examples (stratified)
+    train_subset: int | None = Field(None, gt=0, le=10**9)  # train on this many (stratified)
     augment: bool = True  # random crop with padding (+ flip where the dataset allows)
     verify_md5: bool = True  # check CIFAR-10 files against the official checksums
     download: bool = False  # CIFAR-10 only, and only when asked
@@ -69,34 +70,45 @@ class DataConfig(ConfigSection):
 
 class ModelConfig(ConfigSection):
     arch: Literal["small_cnn", "resnet18"] = "small_cnn"
-    width: int = Field(32, ge=4)  # small_cnn channels of the first block
-    embedding_dim: int = Field(128, ge=2)  # small_cnn only; ResNet-18 embeds in 512-d
+    width: int = Field(32, ge=4, le=4096)  # small_cnn channels of the first block
+    embedding_dim: int = Field(128, ge=2, le=65_536)  # small_cnn only; ResNet-18: 512-d
 
 
 class ClusterConfig(ConfigSection):
-    k: int = Field(2, ge=1)  # clusters per class (K)
+    k: int = Field(2, ge=1, le=10_000)  # clusters per class (K)
     l: int = Field(10, ge=1)  # noqa: E741 - nearest clusters kept by the head (L)
     m: int = Field(12, ge=2)  # clusters per batch (M)
-    d: int = Field(20, ge=2)  # examples per cluster (D), 2+ (sigma^2 > 0); batch = M*D
-    alpha: float = Field(1.0, ge=0)  # magnet margin (ClusTR code: 12.5, Rippel: 1.0)
+    d: int = Field(20, ge=2, le=100_000)  # examples per cluster (D), 2+ (sigma^2 > 0); batch =
+    # M*D
+    alpha: float = Field(1.0, ge=0, le=1e6)  # magnet margin (ClusTR code: 12.5, Rippel: 1.0)
     head: HeadKind = "logprob"
-    kmeans_iters: int = Field(20, ge=1)
+    kmeans_iters: int = Field(20, ge=1, le=10_000)
 
 
 class AttackConfig(ConfigSection):
-    """The training-time attack: eps-ball, T steps of size eta, and the loss it maximises."""
+    """The threat model and the training-time attack: eps-ball, T steps of size eta, and what
+    the attack maximises. The validation proxy and the final stage judge the same norm."""
 
-    eps: float | None = Field(None, ge=0, le=1)  # Linf radius (images in [0, 1]); None: the
-    # dataset's (0.1 or 8/255)
-    steps: int = Field(1, ge=1)  # T
-    step_size: float = Field(10 / 255, gt=0, le=1)  # eta (may exceed eps, as in E-QTRADES)
+    norm: Literal["linf", "l2"] = "linf"  # the threat model (training, validation, audit)
+    eps: float | None = Field(None, ge=0, le=100)  # radius (images in [0, 1]); None: the
+    # dataset's for the norm (Linf 0.1 or 8/255; L2 1.5, 0.5 or 0.5: trainable/_datasets.py)
+    steps: int = Field(1, ge=1, le=1000)  # T
+    step_size: float = Field(10 / 255, gt=0, le=100)  # eta (may exceed eps, as in E-QTRADES)
     loss: Literal["ce", "mse", "kl"] = "ce"  # qtrades: consistency type the attack maximises
+    # magnet_adv: what its attack maximises: the magnet loss (ClusTR+ADV), the head's
+    # cross-entropy (what the audit attacks), or the embedding's centroid margin
+    target: Literal["magnet", "head", "margin"] = "magnet"
 
 
 class ObjectiveConfig(ConfigSection):
     variant: Literal["ce", "pgd_at", "trades", "magnet", "qtrades", "magnet_adv"] = "qtrades"
-    lam: float = Field(8.0, ge=0)  # lambda: consistency (qtrades), adversarial magnet, TRADES beta
-    lam_ce: float = Field(0.0, ge=0)  # lambda': CE on the head's clean logits
+    lam: float = Field(8.0, ge=0, le=1e6)  # lambda: consistency (qtrades), adversarial
+    # magnet, TRADES beta
+    lam_ce: float = Field(0.0, ge=0, le=1e6)  # lambda': CE on the head's clean logits
+    # an adversarial term on the head at the attack's x_adv (qtrades, magnet_adv; 0 = off):
+    # CE(z(x_adv), y), or TRADES' KL(softmax z(x) || softmax z(x_adv))
+    lam_head_adv: float = Field(0.0, ge=0, le=1e6)
+    head_adv_loss: Literal["ce", "kl"] = "ce"
     consistency: Literal["ce", "mse", "kl"] = "ce"  # qtrades training consistency type
     reduction: Literal["mean", "sum"] = "mean"  # of the consistency term (sum: TRADES_2)
     adv_mode: Literal["pgd", "free"] = "pgd"  # magnet_adv: two-term PGD or free replays
@@ -105,26 +117,34 @@ class ObjectiveConfig(ConfigSection):
 
 class OptimConfig(ConfigSection):
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(1e-4, gt=0, le=1e6)
+    weight_decay: float = Field(0.0, ge=0, le=1e6)
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
     schedule: Literal["constant", "cosine"] = "constant"
-    epochs: int = Field(25, ge=1)  # after the warm start
-    batches_per_epoch: int | None = Field(None, ge=1)  # None: one pass over the training set
-    batch_size: int | None = Field(None, ge=2)  # non-clustering variants; None: M*D
+    epochs: int = Field(25, ge=1, le=100_000)  # after the warm start
+    batches_per_epoch: int | None = Field(None, ge=1, le=10**8)  # None: one pass over the data
+    batch_size: int | None = Field(None, ge=2, le=10**6)  # non-clustering variants; None: M*D
 
 
 class WarmStartConfig(ConfigSection):
-    ce_epochs: int = Field(0, ge=0)  # CE epochs on the backbone before the objective
-    checkpoint: str | None = None  # or a CE-trained clustune checkpoint to start from
-    lr: float = Field(1e-3, gt=0)  # Adam learning rate of the CE warm start
+    """Training of the backbone and its linear head before the objective: plain CE (ClusTR's),
+    or adversarial (PGD-AT or TRADES in the config's threat model)."""
+
+    ce_epochs: int = Field(0, ge=0, le=10_000)  # epochs of the warm start, whatever its variant
+    checkpoint: str | None = None  # or a clustune checkpoint to start from
+    lr: float = Field(1e-3, gt=0, le=10)  # Adam learning rate of the warm start
+    variant: Literal["ce", "pgd_at", "trades"] = "ce"
+    attack_steps: int = Field(10, ge=1, le=1000)  # PGD steps of an adversarial warm start,
+    # each 2.5 eps / steps (Madry et al.)
+    beta: float = Field(6.0, ge=0, le=1e6)  # TRADES' weight of the KL term
+    eps_ramp: bool = False  # eps grows linearly from 0 to attack.eps over the warm start
 
 
 class EvalConfig(ConfigSection):
-    examples: int = Field(500, ge=1)  # validation examples attacked each epoch
-    pgd_steps: int = Field(10, ge=1)
-    pgd_step_size: float | None = Field(None, gt=0, le=1)  # None: eps/4
-    eps: float | None = Field(None, ge=0, le=1)  # None: the training attack's eps
+    examples: int = Field(500, ge=1, le=10_000_000)  # validation examples attacked each epoch
+    pgd_steps: int = Field(10, ge=1, le=1000)
+    pgd_step_size: float | None = Field(None, gt=0, le=100)  # None: eps/4
+    eps: float | None = Field(None, ge=0, le=100)  # None: the training attack's eps
 
 
 class FastPathConfig(ConfigSection):
@@ -147,10 +167,10 @@ class TrainConfig(ConfigSection):
     warm_start: WarmStartConfig = WarmStartConfig()
     eval: EvalConfig = EvalConfig()
     fast: FastPathConfig = FastPathConfig()
-    seed: int = 99
+    seed: int = Field(99, ge=0, le=2**31 - 1)  # every random stream of the run
     device: str = "auto"  # auto: cuda when there is one
-    threads: int | None = Field(None, ge=1)  # CPU threads (None: PyTorch's default); the
-    # numbers depend on it, so a search records its trials' count here
+    threads: int | None = Field(None, ge=1, le=4096)  # CPU threads (None: PyTorch's
+    # default); the numbers depend on it, so a search records its trials' count here
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> TrainConfig:
@@ -170,6 +190,12 @@ class TrainConfig(ConfigSection):
             raise ValueError("objective.adv_mode=free has no CE term, so objective.lam_ce would "
                              "be ignored (and a learned head never trained); set it to 0 or "
                              "use adv_mode=pgd")
+        if obj.adv_mode == "free" and self.attack.norm != "linf":
+            raise ValueError("objective.adv_mode=free replays signed (Linf) steps; use "
+                             "adv_mode=pgd for attack.norm=l2")
+        self._check_threat_model()
+        if not DEVICE.fullmatch(self.device):
+            raise ValueError(f"device={self.device!r}: use auto, cpu, cuda or cuda:N")
         ignored = self.ignored_settings()
         if ignored and not (info.context or {}).get(KEEP_IGNORED):
             raise ValueError(ignored[0][1])
@@ -179,11 +205,32 @@ class TrainConfig(ConfigSection):
             raise ValueError("data.root must name the CIFAR-10 folder or archive for cifar10")
         return self
 
+    def _check_threat_model(self) -> None:
+        """Radii in the norm's own units: a Linf radius is a fraction of the pixel range (at
+        most 1); an L2 radius far below the dataset's usual one is a Linf radius given by
+        mistake (0.1 on Fashion-MNIST, whose L2 radius is 1.5)."""
+        a, facts = self.attack, DATASETS[self.data.dataset]
+        radii = {"attack.eps": a.eps, "eval.eps": self.eval.eps}
+        if a.norm == "linf":
+            for name, value in {**radii, "attack.step_size": a.step_size,
+                                "eval.pgd_step_size": self.eval.pgd_step_size}.items():
+                if value is not None and value > 1:
+                    raise ValueError(f"{name}={value} exceeds 1, the pixel range of a Linf "
+                                     "threat model (attack.norm=linf)")
+            return
+        for name, value in radii.items():
+            if value is not None and 0 < value < facts.default_l2_eps / 5:
+                raise ValueError(f"{name}={value} is a Linf-sized radius for attack.norm=l2 on "
+                                 f"{facts.name}, whose usual L2 radius is "
+                                 f"{facts.default_l2_eps:g}; give an L2 radius (or leave it "
+                                 "out for the usual one)")
+
     def ignored_settings(self) -> list[tuple[str, str]]:
         """(dotted name, why) of each setting changed from its default that this config's
         variant, optimiser or architecture would not use: refused rather than silently
         dropped."""
-        obj, optim, arch = self.objective, self.optim, self.model.arch
+        obj, optim, arch, ws = self.objective, self.optim, self.model.arch, self.warm_start
+        adversarial_ws = ws.variant != "ce" and ws.ce_epochs > 0
 
         def changed(section: ConfigSection, name: str) -> bool:
             return getattr(section, name) != type(section).model_fields[name].default
@@ -192,6 +239,17 @@ class TrainConfig(ConfigSection):
             (obj, "consistency", obj.variant != "qtrades", "objective.variant=qtrades"),
             (obj, "reduction", obj.variant != "qtrades", "objective.variant=qtrades"),
             (self.attack, "loss", obj.variant != "qtrades", "objective.variant=qtrades"),
+            (self.attack, "target", obj.variant != "magnet_adv" or obj.adv_mode == "free",
+             "objective.variant=magnet_adv with adv_mode=pgd"),
+            (obj, "lam_head_adv", obj.variant not in ("qtrades", "magnet_adv")
+             or obj.adv_mode == "free",
+             "objective.variant qtrades or magnet_adv (adv_mode=pgd)"),
+            (obj, "head_adv_loss", obj.lam_head_adv == 0, "objective.lam_head_adv > 0"),
+            (ws, "variant", ws.ce_epochs == 0, "warm_start.ce_epochs > 0"),
+            (ws, "attack_steps", not adversarial_ws, "an adversarial warm_start.variant"),
+            (ws, "eps_ramp", not adversarial_ws, "an adversarial warm_start.variant"),
+            (ws, "beta", ws.variant != "trades" or ws.ce_epochs == 0,
+             "warm_start.variant=trades"),
             (obj, "lam", obj.variant in ("ce", "pgd_at", "magnet"),
              "objective.variant trades, qtrades or magnet_adv"),
             (obj, "lam_ce", obj.variant not in ("qtrades", "magnet_adv"),
@@ -215,9 +273,11 @@ class TrainConfig(ConfigSection):
 
     @property
     def eps(self) -> float:
+        """The threat model's radius: attack.eps, else the dataset's for the norm."""
         if self.attack.eps is not None:
             return self.attack.eps
-        return DATASETS[self.data.dataset].default_eps
+        facts = DATASETS[self.data.dataset]
+        return facts.default_eps if self.attack.norm == "linf" else facts.default_l2_eps
 
     @property
     def eval_eps(self) -> float:
@@ -237,10 +297,15 @@ class TrainConfig(ConfigSection):
 def warm_start_key(cfg: TrainConfig) -> str:
     """What identifies a warm start's weights: everything they depend on, hashed (a search
     trains one per key and every trial with that key loads it)."""
+    ws = cfg.warm_start
     ident = {"data": cfg.data.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
              "fast": cfg.fast.model_dump(mode="json"), "threads": cfg.threads,
-             "seed": cfg.seed, "ce_epochs": cfg.warm_start.ce_epochs, "lr": cfg.warm_start.lr,
-             "batch": cfg.batch_size}
+             "seed": cfg.seed, "ce_epochs": ws.ce_epochs, "lr": ws.lr, "batch": cfg.batch_size}
+    if ws.variant != "ce":  # a CE warm start keeps the key it always had
+        ident["adversarial"] = {"variant": ws.variant, "steps": ws.attack_steps,
+                                "eps_ramp": ws.eps_ramp, "norm": cfg.attack.norm,
+                                "eps": cfg.eps, "beta": ws.beta if ws.variant == "trades"
+                                else None}
     digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
     return f"{cfg.data.dataset}-{cfg.model.arch}-seed{cfg.seed}-{digest}"
 
@@ -358,6 +423,7 @@ def build_config(data: dict[str, Any]) -> TrainConfig:
 
 
 KEEP_IGNORED = "keep_ignored_settings"  # validation context: report them, do not refuse
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 # settings an older clustune recorded at the one value they could take in a real run, and that
 # no longer exist (fail_at_epoch: a test hook, now search.testing's)
 RETIRED = {"fail_at_epoch": None}

@@ -37,6 +37,12 @@ class ClusterHead(nn.Module):
             nn.init.zeros_(self.map.bias)
             self.log_temperature = nn.Parameter(torch.zeros(()))
 
+    @property
+    def centroid_class(self) -> torch.Tensor:
+        """The class of each centre: cluster id = class*K + i."""
+        return torch.arange(self.num_classes, device=self.centroids.device).repeat_interleave(
+            self.k)
+
     @torch.no_grad()
     def set_clusters(self, centroids: torch.Tensor, sigma2: torch.Tensor) -> None:
         self.centroids.copy_(centroids)

@@ -1,7 +1,8 @@
-"""Training objectives, one function per ``objective.variant``.
+"""Training objectives, one function per ``objective.variant``, and the warm start's loss.
 
 Each takes a :class:`Batch` and returns (loss, named terms, per-example magnet loss or None).
-Attacks run under :func:`frozen` and differentiate only with respect to the input.
+Attacks run under :func:`frozen` and differentiate only with respect to the input, in the
+config's threat model (``attack.norm``).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ._attacks import frozen, pgd_linf, project_linf
+from ._attacks import embedding_margin_loss, frozen, pgd, project
 from ._config import TrainConfig
 from ._heads import ClusterHead
 from ._magnet import magnet_loss
 from ._models import Backbone
 
-__all__ = ["Batch", "OBJECTIVES", "consistency"]
+__all__ = ["Batch", "OBJECTIVES", "consistency", "head_adversarial", "warm_start_loss"]
 
 
 @dataclass
@@ -40,8 +41,8 @@ class Batch:
     def attack(self, loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         a = self.cfg.attack
         with frozen(self.model):
-            return pgd_linf(loss_fn, self.x, self.cfg.eps, a.step_size, a.steps,
-                            generator=self.generator)
+            return pgd(loss_fn, self.x, self.cfg.eps, a.step_size, a.steps, a.norm,
+                       generator=self.generator)
 
 
 Result = tuple[torch.Tensor, dict[str, float], torch.Tensor | None]
@@ -70,25 +71,82 @@ def _ce(b: Batch) -> Result:
     return loss, {"ce": loss.item()}, None
 
 
+Attack = Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]  # loss -> x_adv
+
+
+def _pgd_at_loss(model: Backbone, y: torch.Tensor, attack: Attack
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Madry et al.: CE of the linear head at the point that maximises it."""
+    x_adv = attack(lambda xa: F.cross_entropy(model.linear_logits(xa), y))
+    loss = F.cross_entropy(model.linear_logits(x_adv), y)
+    return loss, {"ce_adv": loss.item()}
+
+
+def _trades_loss(model: Backbone, x: torch.Tensor, y: torch.Tensor, beta: float,
+                 attack: Attack) -> tuple[torch.Tensor, dict[str, float]]:
+    """Zhang et al.: CE(x) + beta * KL(p(x) || p(x_adv)), x_adv maximising the KL."""
+    with torch.no_grad(), frozen(model):
+        p_clean = F.softmax(model.linear_logits(x), dim=1)
+
+    def kl_to_clean(xa: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(F.log_softmax(model.linear_logits(xa), 1), p_clean, reduction="sum")
+
+    x_adv = attack(kl_to_clean)
+    logits = model.linear_logits(x)
+    ce = F.cross_entropy(logits, y)
+    kl = F.kl_div(F.log_softmax(model.linear_logits(x_adv), 1), F.softmax(logits, 1),
+                  reduction="batchmean")
+    return ce + beta * kl, {"ce": ce.item(), "kl": kl.item()}
+
+
 def _pgd_at(b: Batch) -> Result:
-    x_adv = b.attack(lambda xa: F.cross_entropy(b.model.linear_logits(xa), b.y))
-    loss = F.cross_entropy(b.model.linear_logits(x_adv), b.y)
-    return loss, {"ce_adv": loss.item()}, None
+    loss, terms = _pgd_at_loss(b.model, b.y, b.attack)
+    return loss, terms, None
 
 
 def _trades(b: Batch) -> Result:
-    with torch.no_grad(), frozen(b.model):
-        p_clean = F.softmax(b.model.linear_logits(b.x), dim=1)
+    loss, terms = _trades_loss(b.model, b.x, b.y, b.cfg.objective.lam, b.attack)
+    return loss, terms, None
 
-    def kl_to_clean(xa: torch.Tensor) -> torch.Tensor:
-        return F.kl_div(F.log_softmax(b.model.linear_logits(xa), 1), p_clean, reduction="sum")
 
-    x_adv = b.attack(kl_to_clean)
-    logits = b.model.linear_logits(b.x)
-    ce = F.cross_entropy(logits, b.y)
-    kl = F.kl_div(F.log_softmax(b.model.linear_logits(x_adv), 1), F.softmax(logits, 1),
-                  reduction="batchmean")
-    return ce + b.cfg.objective.lam * kl, {"ce": ce.item(), "kl": kl.item()}, None
+def warm_start_loss(model: Backbone, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                    eps: float, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """The warm start's loss on a batch: CE, or PGD-AT or TRADES (beta ``warm_start.beta``) of
+    the linear head against ``warm_start.attack_steps`` steps of 2.5 eps / steps in the
+    config's norm, at radius eps (ramped by the caller when asked)."""
+    ws = cfg.warm_start
+    if ws.variant == "ce":
+        loss = F.cross_entropy(model.linear_logits(x), y)
+        return loss, {"ce": loss.item()}
+
+    def attack(loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        with frozen(model):
+            return pgd(loss_fn, x, eps, 2.5 * eps / ws.attack_steps, ws.attack_steps,
+                       cfg.attack.norm, generator=generator)
+
+    if ws.variant == "pgd_at":
+        return _pgd_at_loss(model, y, attack)
+    return _trades_loss(model, x, y, ws.beta, attack)
+
+
+def head_adversarial(kind: str, z: torch.Tensor, z_adv: torch.Tensor, y: torch.Tensor
+                     ) -> torch.Tensor:
+    """The adversarial term on the head (``objective.lam_head_adv``): ``ce`` is
+    CE(z(x_adv), y); ``kl`` is TRADES' KL(softmax z(x) || softmax z(x_adv)), batch mean, with
+    gradients through both."""
+    if kind == "ce":
+        return F.cross_entropy(z_adv, y)
+    return F.kl_div(F.log_softmax(z_adv, 1), F.softmax(z, 1), reduction="batchmean")
+
+
+def _with_head_adversarial(b: Batch, loss: torch.Tensor, terms: dict[str, float],
+                           emb: torch.Tensor, emb_adv: torch.Tensor) -> torch.Tensor:
+    obj = b.cfg.objective
+    if obj.lam_head_adv == 0:
+        return loss
+    term = head_adversarial(obj.head_adv_loss, b.head(emb), b.head(emb_adv), b.y)
+    terms["head_adv"] = term.item()
+    return loss + obj.lam_head_adv * term
 
 
 def _magnet(b: Batch) -> Result:
@@ -118,20 +176,32 @@ def _qtrades(b: Batch) -> Result:
         ce = F.cross_entropy(z, b.y)
         loss = loss + obj.lam_ce * ce
         terms["ce"] = ce.item()
-    return loss, terms, per
+    return _with_head_adversarial(b, loss, terms, emb, emb_adv), terms, per
+
+
+def _attack_target(b: Batch) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What magnet_adv's attack maximises (``attack.target``)."""
+    target = b.cfg.attack.target
+    if target == "magnet":
+        return lambda xa: b.magnet(b.model.embed(xa))[0]
+    if target == "head":
+        return lambda xa: F.cross_entropy(b.head(b.model.embed(xa)), b.y, reduction="sum")
+    return embedding_margin_loss(b.model.embed, b.head.centroids, b.head.centroid_class, b.y)
 
 
 def _magnet_adv(b: Batch) -> Result:
-    x_adv = b.attack(lambda xa: b.magnet(b.model.embed(xa))[0])
-    magnet, per = b.magnet(b.model.embed(b.x))
-    magnet_adv, _ = b.magnet(b.model.embed(x_adv))
+    x_adv = b.attack(_attack_target(b))
+    emb = b.model.embed(b.x)
+    magnet, per = b.magnet(emb)
+    emb_adv = b.model.embed(x_adv)
+    magnet_adv, _ = b.magnet(emb_adv)
     loss = magnet + b.cfg.objective.lam * magnet_adv
     terms = {"magnet": magnet.item(), "magnet_adv": magnet_adv.item()}
     if b.cfg.objective.lam_ce > 0:
-        ce = F.cross_entropy(b.head(b.model.embed(b.x)), b.y)
+        ce = F.cross_entropy(b.head(emb), b.y)
         loss = loss + b.cfg.objective.lam_ce * ce
         terms["ce"] = ce.item()
-    return loss, terms, per
+    return _with_head_adversarial(b, loss, terms, emb, emb_adv), terms, per
 
 
 def free_magnet_adv_replay(b: Batch, delta: torch.Tensor) -> tuple[Result, torch.Tensor]:
@@ -147,7 +217,7 @@ def free_magnet_adv_replay(b: Batch, delta: torch.Tensor) -> tuple[Result, torch
     magnet_adv, _ = b.magnet(b.model.embed(x_adv))
     loss = magnet + b.cfg.objective.lam * magnet_adv
     loss.backward()
-    new_delta = project_linf(b.x + delta.detach() + eps * delta.grad.sign(), b.x, eps) - b.x
+    new_delta = project(b.x + delta.detach() + eps * delta.grad.sign(), b.x, eps) - b.x
     terms = {"magnet": magnet.item(), "magnet_adv": magnet_adv.item()}
     return (loss.detach(), terms, per), new_delta.detach()
 

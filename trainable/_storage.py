@@ -10,9 +10,12 @@ whole or not at all). S3-compatible servers other than AWS: set ``AWS_ENDPOINT_U
 from __future__ import annotations
 
 import fnmatch
+import os
 import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -20,7 +23,104 @@ import pyarrow.fs as pafs
 from ._errors import ClustuneError, first_line
 from ._files import atomic_write_bytes, create_text
 
-__all__ = ["StoragePath", "StorageError", "storage_path"]
+__all__ = ["StoragePath", "StorageError", "storage_path", "credentials_hidden",
+           "CREDENTIAL_VARIABLES"]
+
+# the secrets of the environment that Ray Tune copies into every trial's runtime environment
+# (ray/tune/execution/class_cache.py), where Ray's runtime-env agent logs them in clear text
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                        "AWS_SECURITY_TOKEN")
+# one filesystem per bucket (and endpoint) and process, made once
+_FILESYSTEMS: dict[tuple[str, str, str], pafs.FileSystem] = {}
+
+
+def _filesystem(key: tuple[str, str, str]) -> pafs.FileSystem:
+    """This process's filesystem for a bucket: S3 keys in the environment are read once, now,
+    into it (the environment may lose them later: :func:`credentials_hidden`); otherwise the
+    SDK's own chain finds them (credential files, an instance profile)."""
+    if key not in _FILESYSTEMS:
+        scheme, bucket, query = key
+        suffix = f"{bucket}" + (f"?{query}" if query else "")
+        fs = pafs.FileSystem.from_uri(f"{scheme}://{suffix}")[0]
+        key_id, secret = (os.environ.get(n) for n in CREDENTIAL_VARIABLES[:2])
+        if scheme == "s3" and key_id and secret:
+            token = os.environ.get("AWS_SESSION_TOKEN") or os.environ.get("AWS_SECURITY_TOKEN")
+            if token:
+                endpoint = urlsplit(os.environ.get("AWS_ENDPOINT_URL", ""))
+                fs = pafs.S3FileSystem(
+                    access_key=key_id, secret_key=secret, session_token=token, region=fs.region,
+                    endpoint_override=endpoint.netloc or None, scheme=endpoint.scheme or "https")
+            else:
+                fs = pafs.FileSystem.from_uri(
+                    f"s3://{quote(key_id, safe='')}:{quote(secret, safe='')}@{suffix}")[0]
+        _FILESYSTEMS[key] = fs
+    return _FILESYSTEMS[key]
+
+
+class _ThisNodesCredentials(pafs.FileSystemHandler):
+    """A cloud filesystem that pickles as its location, never as its credentials: unpickled
+    in this process it is the filesystem this process made (with the credentials it resolved),
+    and in another (a Ray worker, on any node) one made there from that node's own. Ray Tune
+    copies the experiment's filesystem into every trial; a pyarrow S3 filesystem given keys
+    would carry them along in clear text."""
+
+    def __init__(self, key: tuple[str, str, str]) -> None:
+        self.key = key
+        self.fs = _filesystem(key)
+
+    def __reduce__(self) -> tuple:
+        return _ThisNodesCredentials, (self.key,)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ThisNodesCredentials) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def get_type_name(self) -> str:
+        return self.fs.type_name
+
+    def normalize_path(self, path: str) -> str:
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path: str) -> None:
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        self.fs.delete_dir_contents("/", accept_root_dir=True)
+
+    def delete_file(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self.fs.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        self.fs.copy_file(src, dest)
+
+    def open_input_stream(self, path: str):
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path: str):
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata: dict | None):
+        return self.fs.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path: str, metadata: dict | None):
+        return self.fs.open_append_stream(path, metadata=metadata)
 
 
 class StorageError(ClustuneError, OSError):
@@ -205,11 +305,27 @@ def storage_path(location: str | Path | StoragePath) -> StoragePath:
     if not scheme or scheme == "file":
         local = Path(text.removeprefix("file://")).expanduser()  # named as given
         return StoragePath(pafs.LocalFileSystem(), str(local))
+    parts = urlsplit(text)
+    path = f"{parts.netloc}{parts.path}".rstrip("/")
+    if not path.strip("/"):
+        raise StorageError(f"{text}: name a bucket, e.g. {scheme}://BUCKET/experiments")
     try:
-        fs, path = pafs.FileSystem.from_uri(text)
+        handler = _ThisNodesCredentials((scheme, parts.netloc, parts.query))
     except (pa.ArrowException, ValueError, OSError) as err:
         raise StorageError(f"{text.split('?')[0]}: not a storage location "
                            f"({first_line(err)})") from None
-    if not path.strip("/"):
-        raise StorageError(f"{text}: name a bucket, e.g. {scheme}://BUCKET/experiments")
-    return StoragePath(fs, path, scheme, urlsplit(text).query)
+    return StoragePath(pafs.PyFileSystem(handler), path, scheme, parts.query)
+
+
+@contextmanager
+def credentials_hidden() -> Iterator[None]:
+    """Take the cloud secrets out of this process's environment for the duration, so that
+    nothing started or configured meanwhile copies them (Ray Tune's trial runtime environment,
+    which Ray logs). Filesystems made before keep the credentials they resolved; make them
+    first (:func:`storage_path`). Processes started before (an embedded Ray's nodes) inherited
+    them, which is how its trials reach the storage."""
+    saved = {name: os.environ.pop(name) for name in CREDENTIAL_VARIABLES if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)

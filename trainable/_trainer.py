@@ -25,16 +25,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ._attacks import embedding_margin_loss, frozen, pgd_linf
+from ._attacks import embedding_margin_loss, frozen, pgd
 from ._clusters import Clusters, ClusterSampler, fit_clusters
-from ._config import TrainConfig, recorded_config
+from ._config import ConfigError, TrainConfig, recorded_config
 from ._data import ImageData, as_float, augment_batch, load_data
 from ._datasets import DATASETS
 from ._errors import ClustuneError, TrainingDiverged, first_line
 from ._files import atomic_write_bytes
 from ._heads import ClusterHead
 from ._models import Backbone, Classifier, build_backbone
-from ._objectives import OBJECTIVES, Batch, free_magnet_adv_replay
+from ._objectives import OBJECTIVES, Batch, free_magnet_adv_replay, warm_start_loss
 from ._storage import StoragePath, storage_path
 
 __all__ = ["Trainer", "CheckpointError", "load_checkpoint",
@@ -50,9 +50,21 @@ class CheckpointError(ClustuneError, ValueError):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device a config names (auto: CUDA when there is one), refused in one line when this
+    machine does not have it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(f"device={name}: this machine has "
+                                  f"{count or 'no'} CUDA GPU{'s' if count != 1 else ''} (use "
+                                  "device=auto or cpu)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name}: this machine has no Apple GPU (use device=auto or "
+                          "cpu)")
+    return device
 
 
 _DATA_CACHE: dict[tuple, ImageData] = {}
@@ -101,6 +113,12 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.data = _cached_data(cfg, self.device)
         d = self.data
+        if cfg.is_clustering:
+            smallest = int(torch.bincount(d.y_train.cpu(), minlength=d.num_classes).min())
+            if cfg.clusters.k > smallest:
+                raise ConfigError(f"clusters.k={cfg.clusters.k} exceeds the {smallest} training "
+                                  "examples of the smallest class (after data.train_subset and "
+                                  "the validation split): k-means needs K of them per class")
         self.model: Backbone = build_backbone(
             cfg.model.arch, d.in_channels, d.num_classes, d.mean, d.std,
             cfg.model.width, cfg.model.embedding_dim).to(self.device)
@@ -157,21 +175,26 @@ class Trainer:
 
     # ------------------------------------------------------------ training
     def warm_start(self) -> None:
-        """CE training of backbone + linear head for ``warm_start.ce_epochs`` epochs (the
-        ClusTR warm start; nothing when the config asks for none). Its batches come from a
-        generator of its own, and augmentation too (module docstring)."""
+        """The warm start: ``warm_start.ce_epochs`` epochs of the backbone and its linear head
+        under ``warm_start.variant`` (CE, ClusTR's; or PGD-AT or TRADES in the config's threat
+        model, eps ramped up linearly over the epochs when ``eps_ramp``); nothing when the
+        config asks for none. Its batches come from a generator of its own, and augmentation
+        and attacks too (module docstring)."""
         if self.warm_started:
             return
-        opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.warm_start.lr)
-        steps = self.cfg.warm_start.ce_epochs * max(1, len(self.data.y_train) //
-                                                    self.cfg.batch_size)
+        ws = self.cfg.warm_start
+        opt = torch.optim.Adam(self.model.parameters(), lr=ws.lr)
+        steps = ws.ce_epochs * max(1, len(self.data.y_train) // self.cfg.batch_size)
         training_stream = self.generator  # _random_batch and _images draw from self.generator
         self.generator = torch.Generator().manual_seed(self.cfg.seed + WARM_START_SEED_OFFSET)
         self.model.train()
         try:
             for step in range(steps):
                 x, y = self._random_batch()
-                loss = F.cross_entropy(self.model.linear_logits(x), y)
+                eps = self.cfg.eps * ((step + 1) / steps if ws.eps_ramp else 1.0)
+                loss, _ = warm_start_loss(self.model, x, y, self.cfg, eps, self.generator)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"loss became {loss.item()} in the warm start")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -320,8 +343,8 @@ class Trainer:
         for a, attack in enumerate(attacks):
             for i in range(0, n, EVAL_BATCH):
                 xb, yb = x[i:i + EVAL_BATCH], y[i:i + EVAL_BATCH]
-                x_adv = pgd_linf(attack(yb), xb, eps, step, self.cfg.eval.pgd_steps,
-                                 generator=eval_rng)
+                x_adv = pgd(attack(yb), xb, eps, step, self.cfg.eval.pgd_steps,
+                            self.cfg.attack.norm, generator=eval_rng)
                 with torch.no_grad():
                     ok = clf(x_adv).argmax(1) == yb
                     robust[i:i + EVAL_BATCH] &= ok

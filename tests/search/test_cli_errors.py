@@ -113,24 +113,32 @@ def test_every_command_has_help(capsys):
         assert "usage: clustune" in capsys.readouterr().out
 
 
-def test_gpus_this_machine_lacks_are_refused_before_ray(tmp_path, capsys, no_ray, monkeypatch):
-    """An embedded Ray would wait for ever for a GPU that is not there."""
+def test_resources_this_machine_lacks_are_refused_before_ray(tmp_path, capsys, no_ray,
+                                                            monkeypatch):
+    """An embedded Ray would wait for ever for a GPU, or more CPUs, that are not there."""
+    import os
+
     import torch
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     code, err = _run(capsys, "search", "--preset", "quick", "--gpus-per-trial", "0.25",
                      "--storage", str(tmp_path), "--name", "gpu")
-    assert code == 2 and "--gpus-per-trial 0.25 asks for more GPUs than this machine has (0)" \
-        in err and len(err.splitlines()) == 1
+    assert code == 2 and "0.25 GPUs asked for, and this machine has 0" in err \
+        and len(err.splitlines()) == 1
     assert not (tmp_path / "gpu").exists()
+    cores = os.cpu_count()
+    code, err = _run(capsys, "search", "--preset", "quick", "--cpus-per-trial", str(cores + 1),
+                     "--storage", str(tmp_path), "--name", "cpu")
+    assert code == 2 and f"{cores + 1} CPUs per task, and this machine" in err
+    assert not (tmp_path / "cpu").exists()
     experiment = _experiment_folder(tmp_path / "exp", gpus_per_trial=1)
     code, err = _run(capsys, "evaluate", experiment, "--gpus-per-task", "0.5")
-    assert code == 2 and "--gpus-per-task 0.5 asks for more GPUs" in err
+    assert code == 2 and "--gpus-per-task: 0.5 GPUs asked for" in err
     code, err = _run(capsys, "evaluate", experiment, "--gpus-per-task", "-1")
-    assert code == 2 and "--gpus-per-task must be at least 0" in err
+    assert code == 2 and "GPUs at least 0" in err
     code, err = _run(capsys, "resume", experiment)
-    assert code == 2 and "the search's gpus_per_trial 1 asks for more GPUs" in err
+    assert code == 2 and "the search's cpus_per_trial/gpus_per_trial: 1 GPUs asked for" in err
 
 
 def test_contradictory_or_unknown_audit_attacks_are_refused(tmp_path, capsys, no_ray):

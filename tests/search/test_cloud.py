@@ -1,19 +1,23 @@
 """An experiment that lives in cloud storage, for real: a local S3-compatible server (moto in
 server mode, on loopback) and a two-node Ray cluster (``ray.cluster_utils.Cluster``), both
 started here. A search whose driver is killed at an exact event, `clustune resume`, the final
-stage, then status, export, best, report and the Optuna study, all from the bucket, and
-nothing written to a local experiment folder."""
+stage, then status, export, best, report and the Optuna study, all from the bucket, nothing
+written to a local experiment folder, and the credentials in no file: not in Ray's session
+folder (Ray Tune would copy them into its trials' runtime environment, which Ray logs), not
+in the bucket, not in the export."""
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
 import yaml
 
 BUCKET = "clustune-test"
+KEY_ID, SECRET = "AKIACLUSTUNE7KEYID42", "clustune-secret-9f3b2e7d1c"  # distinctive: grep-able
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +32,8 @@ def s3_endpoint():
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     with pytest.MonkeyPatch.context() as env:
-        for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                           "AWS_SECRET_ACCESS_KEY": "testing",
+        for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": KEY_ID,
+                           "AWS_SECRET_ACCESS_KEY": SECRET,
                            "AWS_DEFAULT_REGION": "us-east-1"}.items():
             env.setenv(key, value)
         boto3.client("s3").create_bucket(Bucket=BUCKET)
@@ -38,8 +42,9 @@ def s3_endpoint():
 
 
 @pytest.fixture(scope="module")
-def two_nodes(s3_endpoint):
-    """A head and a worker node, one CPU each: trials run on both."""
+def cluster(s3_endpoint):
+    """A head and a worker node, one CPU each: trials run on both. Its nodes inherit the
+    credentials from this process's environment, as a node's own credentials."""
     from ray.cluster_utils import Cluster
 
     node = {"num_cpus": 1, "object_store_memory": 80 * 1024**2}
@@ -47,8 +52,18 @@ def two_nodes(s3_endpoint):
                       head_node_args={**node, "include_dashboard": False})
     cluster.add_node(**node)
     cluster.wait_for_nodes()
-    yield cluster.address
+    yield cluster
     cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def two_nodes(cluster) -> str:
+    return cluster.address
+
+
+def _files_holding(folder: Path, secrets: tuple[str, ...]) -> list[str]:
+    return [str(f) for f in folder.rglob("*") if f.is_file() and not f.is_symlink()
+            and any(s.encode() in f.read_bytes() for s in secrets)]
 
 
 def _objects(prefix: str) -> list[str]:
@@ -59,7 +74,7 @@ def _objects(prefix: str) -> list[str]:
 
 
 def test_a_search_in_a_bucket_on_two_nodes_survives_a_killed_driver(
-        s3_endpoint, two_nodes, tmp_path, digits_search, clustune, monkeypatch):
+        s3_endpoint, cluster, two_nodes, tmp_path, digits_search, clustune, monkeypatch):
     from analysis import load_experiment
 
     work = tmp_path / "work"
@@ -109,6 +124,16 @@ def test_a_search_in_a_bucket_on_two_nodes_survives_a_killed_driver(
                               storage=experiment.open_study())
     assert len(study.trials) == 3  # the study went with the experiment: the dashboard's view
     assert list(work.iterdir()) == [], "nothing is written to a local experiment folder"
+
+    # the trials read and wrote the bucket with their nodes' credentials; none is in a file
+    session = Path(cluster.head_node.get_session_dir_path())
+    assert (session / "logs").is_dir()
+    assert _files_holding(session, (KEY_ID, SECRET)) == []
+    fs, root = pafs.FileSystem.from_uri(f"s3://{BUCKET}/experiments/cloudy")
+    leaked = [i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+              if i.type == pafs.FileType.File
+              and any(s.encode() in fs.open_input_stream(i.path).read() for s in (KEY_ID, SECRET))]
+    assert leaked == []
 
 
 def test_a_bad_location_is_refused_in_one_line_before_ray_starts(s3_endpoint, clustune,

@@ -1,4 +1,5 @@
-"""Linf PGD: stays in the eps-ball and [0, 1], raises the loss, leaks nothing into the model."""
+"""PGD in Linf and L2: stays in the eps-ball and [0, 1], raises the loss, leaks nothing into the
+model."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainable import build_config, embedding_margin_loss, frozen, pgd_linf
+from trainable import build_config, embedding_margin_loss, frozen, pgd
 from trainable._objectives import Batch
 
 EPS = 0.1
@@ -53,7 +54,7 @@ def bn_state(model: TinyBN) -> dict[str, torch.Tensor]:
 def test_stays_in_eps_ball_and_box(random_start: bool, step_size: float) -> None:
     model = warmed_model().eval()
     x, y = inputs()
-    x_adv = pgd_linf(lambda xa: F.cross_entropy(model(xa), y), x, EPS, step_size, 5,
+    x_adv = pgd(lambda xa: F.cross_entropy(model(xa), y), x, EPS, step_size, 5,
                      random_start=random_start, generator=torch.Generator().manual_seed(0))
     assert x_adv.shape == x.shape and not x_adv.requires_grad
     assert (x_adv - x).abs().max().item() <= EPS + 1e-6
@@ -65,7 +66,7 @@ def test_loss_increases_over_clean() -> None:
     model = warmed_model().eval()
     x, y = inputs(64)
     clean = F.cross_entropy(model(x), y).item()
-    x_adv = pgd_linf(lambda xa: F.cross_entropy(model(xa), y), x, EPS, EPS / 4, 10,
+    x_adv = pgd(lambda xa: F.cross_entropy(model(xa), y), x, EPS, EPS / 4, 10,
                      generator=torch.Generator().manual_seed(0))
     adv = F.cross_entropy(model(x_adv), y).item()
     noise = (x + EPS * (2 * torch.rand(x.shape, generator=torch.Generator()) - 1)).clamp(0, 1)
@@ -78,8 +79,45 @@ def test_linear_objective_reaches_the_optimal_corner() -> None:
     g = torch.Generator().manual_seed(3)
     x = torch.rand(4, 10, generator=g)
     w = torch.randn(10, generator=g)
-    x_adv = pgd_linf(lambda xa: (xa * w).sum(), x, EPS, 0.04, 5, random_start=False)
+    x_adv = pgd(lambda xa: (xa * w).sum(), x, EPS, 0.04, 5, random_start=False)
     torch.testing.assert_close(x_adv, (x + EPS * w.sign()).clamp(0, 1))
+
+
+L2_EPS = 0.5
+
+
+@pytest.mark.parametrize("random_start", [True, False])
+@pytest.mark.parametrize("step_size", [0.1, 2.0])  # 2.0 > eps: the projection must bind
+def test_l2_stays_in_the_ball_and_box(random_start: bool, step_size: float) -> None:
+    model = warmed_model().eval()
+    x, y = inputs()
+    x_adv = pgd(lambda xa: F.cross_entropy(model(xa), y), x, L2_EPS, step_size, 5, "l2",
+                random_start=random_start, generator=torch.Generator().manual_seed(0))
+    distance = (x_adv - x).flatten(1).norm(dim=1)
+    assert distance.max().item() <= L2_EPS + 1e-5
+    assert x_adv.min().item() >= 0.0 and x_adv.max().item() <= 1.0
+    assert (distance > 0).all()
+
+
+def test_l2_projection_against_a_hand_computation() -> None:
+    """Inside the ball: unchanged; outside: scaled onto the sphere along the same direction
+    (then clipped to [0, 1]), per example."""
+    from trainable import project
+
+    x = torch.full((2, 1, 2, 2), 0.5)
+    delta = torch.tensor([[0.1, 0.0, 0.0, 0.0], [0.3, 0.4, 0.0, 0.0]]).view(2, 1, 2, 2)
+    out = project(x + delta, x, 0.25, "l2")
+    torch.testing.assert_close(out[0], (x + delta)[0])  # |delta| = 0.1 < 0.25
+    torch.testing.assert_close(out[1], x[1] + delta[1] * (0.25 / 0.5))  # |delta| = 0.5
+
+
+def test_linear_objective_reaches_the_l2_optimum() -> None:
+    # maximising <w, x> over the L2 ball (far from the box edges): x + eps * w / |w|
+    g = torch.Generator().manual_seed(3)
+    x = 0.4 + 0.2 * torch.rand(4, 10, generator=g)
+    w = torch.randn(10, generator=g)
+    x_adv = pgd(lambda xa: (xa * w).sum(), x, 0.1, 0.05, 5, "l2", random_start=False)
+    torch.testing.assert_close(x_adv, x + 0.1 * w / w.norm(), atol=1e-6, rtol=0)
 
 
 def test_random_start_is_seeded() -> None:
@@ -87,8 +125,8 @@ def test_random_start_is_seeded() -> None:
     x, y = inputs()
 
     def attack(seed: int) -> torch.Tensor:
-        return pgd_linf(lambda xa: F.cross_entropy(model(xa), y), x, EPS, 0.02, 1,
-                        generator=torch.Generator().manual_seed(seed))
+        return pgd(lambda xa: F.cross_entropy(model(xa), y), x, EPS, 0.02, 1,
+                   generator=torch.Generator().manual_seed(seed))
 
     assert torch.equal(attack(5), attack(5))
     assert not torch.equal(attack(5), attack(6))
@@ -101,7 +139,7 @@ def test_attack_leaks_no_gradients_or_bn_updates() -> None:
     x, y = inputs()
     with frozen(model):
         assert not model.training and not model.bn.training
-        pgd_linf(lambda xa: F.cross_entropy(model(xa), y), x, EPS, 0.03, 3)
+        pgd(lambda xa: F.cross_entropy(model(xa), y), x, EPS, 0.03, 3)
     assert model.training and model.bn.training  # mode restored
     assert all(p.grad is None for p in model.parameters())
     for k, v in bn_state(model).items():
@@ -116,7 +154,7 @@ def test_prepopulated_gradients_are_unchanged() -> None:
     F.cross_entropy(model(x), y).backward()
     grads = [p.grad.clone() for p in model.parameters()]
     with frozen(model):
-        pgd_linf(lambda xa: F.cross_entropy(model(xa), y), x, EPS, 0.03, 3)
+        pgd(lambda xa: F.cross_entropy(model(xa), y), x, EPS, 0.03, 3)
     for p, g in zip(model.parameters(), grads, strict=True):
         assert torch.equal(p.grad, g)
 

@@ -95,6 +95,18 @@ def test_defaults_and_derived_values() -> None:
     ({"objective": {"variant": "pgd_at", "adv_mode": "free"}}, ["objective.adv_mode=free"]),
     ({"warm_start": {"checkpoint": "x.pt", "ce_epochs": 1}}, ["warm_start"]),
     ({"data": {"dataset": "cifar10"}}, ["data.root"]),
+    # the threat model: radii in the norm's units
+    ({"attack": {"eps": 1.5}}, ["attack.eps=1.5", "Linf"]),
+    ({"attack": {"norm": "l2", "eps": 0.1}}, ["attack.eps=0.1", "Linf-sized", "1.5"]),
+    ({"attack": {"norm": "l2"}, "eval": {"eps": 0.03}}, ["eval.eps=0.03", "Linf-sized"]),
+    ({"attack": {"norm": "l1"}}, ["attack.norm"]),
+    ({"attack": {"norm": "l2"}, "objective": {"variant": "magnet_adv", "adv_mode": "free"}},
+     ["adv_mode=free", "l2"]),
+    # numbers the tensor library cannot hold, devices that are no device
+    ({"seed": 2**64}, ["seed"]),
+    ({"clusters": {"k": 10**12}}, ["clusters.k"]),
+    ({"optim": {"epochs": 10**18}}, ["optim.epochs"]),
+    ({"device": "gpu0"}, ["device='gpu0'", "cuda"]),
 ])
 def test_invalid_configs_raise_one_line_errors(data: dict, names: list[str]) -> None:
     with pytest.raises(ConfigError) as info:
@@ -116,6 +128,15 @@ def test_invalid_configs_raise_one_line_errors(data: dict, names: list[str]) -> 
     ({"optim": {"batch_size": 64}}, "optim.batch_size=64", "non-clustering"),
     ({"model": {"arch": "resnet18", "embedding_dim": 64}}, "model.embedding_dim=64",
      "model.arch=small_cnn"),
+    ({"attack": {"target": "head"}}, "attack.target=head", "magnet_adv"),
+    ({"objective": {"variant": "pgd_at", "lam_head_adv": 1.0}}, "objective.lam_head_adv=1.0",
+     "qtrades or magnet_adv"),
+    ({"objective": {"head_adv_loss": "kl"}}, "objective.head_adv_loss=kl", "lam_head_adv > 0"),
+    ({"warm_start": {"variant": "pgd_at"}}, "warm_start.variant=pgd_at", "ce_epochs > 0"),
+    ({"warm_start": {"ce_epochs": 1, "beta": 3.0}}, "warm_start.beta=3.0",
+     "warm_start.variant=trades"),
+    ({"warm_start": {"ce_epochs": 1, "eps_ramp": True}}, "warm_start.eps_ramp=True",
+     "adversarial warm_start.variant"),
 ])
 def test_a_setting_the_config_would_ignore_is_refused(data, setting, used_with) -> None:
     with pytest.raises(ConfigError) as info:
@@ -133,6 +154,13 @@ def test_the_same_settings_are_accepted_where_they_are_used() -> None:
     build_config({"objective": {"variant": "pgd_at"}, "optim": {"batch_size": 64}})
     # defaults left as they are never count as set: a baseline may share a clustering base
     build_config({"objective": {"variant": "ce", "lam": 8.0, "consistency": "ce"}})
+    l2 = build_config({"objective": {"variant": "magnet_adv", "lam_head_adv": 1.0,
+                                     "head_adv_loss": "kl"},
+                       "attack": {"norm": "l2", "target": "margin"},
+                       "warm_start": {"ce_epochs": 2, "variant": "trades", "beta": 3.0,
+                                      "eps_ramp": True, "attack_steps": 5}})
+    assert l2.eps == 1.5  # Fashion-MNIST's usual L2 radius
+    assert build_config({"data": {"dataset": "digits"}, "attack": {"norm": "l2"}}).eps == 0.5
 
 
 def test_a_recorded_config_reads_ignored_settings_as_what_the_trial_used() -> None:

@@ -1,4 +1,5 @@
-"""Every training objective trains on digits; the consistency terms match hand computations."""
+"""Every training objective trains on digits, in Linf and L2; the consistency terms, the head's
+adversarial term, the attack targets and the warm starts match independent computations."""
 
 from __future__ import annotations
 
@@ -32,6 +33,16 @@ CASES = {
                        "attack": {"steps": 2, "step_size": 0.04}},
     "magnet_adv-free": {"objective": {"adv_mode": "free", "free_replays": 2}},
     "magnet_adv-learned-ce": {"objective": {"lam_ce": 1.0}, "clusters": {"head": "learned"}},
+    "magnet_adv-head": {"attack": {"target": "head", "steps": 2, "step_size": 0.04},
+                        "objective": {"lam_head_adv": 1.0}},
+    "magnet_adv-margin-kl": {"attack": {"target": "margin", "steps": 2, "step_size": 0.04},
+                             "objective": {"lam_head_adv": 2.0, "head_adv_loss": "kl"}},
+    "magnet_adv-l2": {"attack": {"norm": "l2", "steps": 2, "step_size": 0.2},
+                      "objective": {"lam_head_adv": 1.0}},
+    "qtrades-head-adv": {"objective": {"lam_head_adv": 1.0}},
+    "pgd_at-l2": {"attack": {"norm": "l2", "steps": 2, "step_size": 0.2}},
+    "trades-l2": {"attack": {"norm": "l2", "steps": 2, "step_size": 0.2},
+                  "objective": {"lam": 1.0}},
 }
 
 
@@ -95,7 +106,8 @@ def test_free_mode_keeps_the_perturbation_in_the_ball(tiny_config) -> None:
 
 
 @pytest.mark.parametrize("name", ["pgd_at", "trades", "qtrades-ce-mean", "qtrades-kl-sum",
-                                  "qtrades-learned-ce", "magnet_adv-pgd"])
+                                  "qtrades-learned-ce", "magnet_adv-pgd", "magnet_adv-head",
+                                  "magnet_adv-margin-kl", "magnet_adv-l2", "pgd_at-l2"])
 def test_objective_attack_leaks_no_gradient(tiny_config, name: str) -> None:
     trainer = Trainer(case_config(tiny_config, name))
     if trainer.cfg.is_clustering:
@@ -172,3 +184,130 @@ def test_validation_proxy_is_not_masked_by_a_flat_head(tiny_config) -> None:
     assert torch.count_nonzero(grad) == 0
     metrics = trainer.evaluate()
     assert metrics["val_robust_acc"] < metrics["val_pgd_acc"] - 0.1
+
+
+# ------------------------------------------------- the head's adversarial term, attack targets
+
+
+def test_head_adversarial_hand_values() -> None:
+    from trainable._objectives import head_adversarial
+
+    y = torch.tensor([1, 0])
+    ce = head_adversarial("ce", Z, Z_ADV, y)
+    assert ce.item() == pytest.approx((-math.log(0.5) - math.log(0.2)) / 2)
+    kl = head_adversarial("kl", Z, Z_ADV, y)
+    assert kl.item() == pytest.approx(sum(KL_ROWS) / 2)
+    z = Z.clone().requires_grad_(True)
+    head_adversarial("kl", z, Z_ADV, y).backward()
+    assert z.grad.abs().sum() > 0  # TRADES' KL: gradients through the clean side too
+
+
+def _batch(trainer):
+    trainer.refresh_clusters()
+    trainer.model.train()
+    return trainer._clustering_batch()
+
+
+@pytest.mark.parametrize("target", ["magnet", "head", "margin"])
+def test_magnet_adv_loss_is_the_sum_of_its_terms_at_its_target(tiny_config, target) -> None:
+    """loss = magnet(x) + lam magnet(x_adv) + lam_head_adv CE(z(x_adv), y), x_adv the PGD
+    attack on the target's loss, from the batch's random start: recomputed independently."""
+    from trainable import embedding_margin_loss, pgd
+    from trainable._magnet import magnet_loss
+
+    cfg = case_config(tiny_config, "magnet_adv-head").model_copy(deep=True)
+    cfg.attack.target = target
+    trainer = Trainer(cfg)
+    batch = _batch(trainer)
+    start = batch.generator.get_state()
+    loss, terms, _ = OBJECTIVES["magnet_adv"](batch)
+
+    model, head, y = trainer.model, trainer.head, batch.y
+    alpha = cfg.clusters.alpha
+
+    def magnet(emb):
+        return magnet_loss(emb, batch.example_slot, batch.slot_class, alpha)[0]
+
+    target_loss = {
+        "magnet": lambda xa: magnet(model.embed(xa)),
+        "head": lambda xa: F.cross_entropy(head(model.embed(xa)), y, reduction="sum"),
+        "margin": embedding_margin_loss(model.embed, head.centroids,
+                                        torch.arange(10).repeat_interleave(cfg.clusters.k), y),
+    }[target]
+    model.eval()
+    x_adv = pgd(target_loss, batch.x, cfg.eps, cfg.attack.step_size, cfg.attack.steps,
+                generator=torch.Generator().set_state(start))
+    model.train()
+    expected = magnet(model.embed(batch.x)) + cfg.objective.lam * magnet(model.embed(x_adv)) \
+        + cfg.objective.lam_head_adv * F.cross_entropy(head(model.embed(x_adv)), y)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert terms["head_adv"] > 0
+
+
+def test_the_head_target_attacks_what_the_audit_attacks(tiny_config) -> None:
+    """attack.target=head: the training attack raises the head's cross-entropy, which the
+    magnet target need not do."""
+    cfg = case_config(tiny_config, "magnet_adv-head")
+    trainer = Trainer(cfg)
+    batch = _batch(trainer)
+    from trainable._objectives import _attack_target
+
+    x_adv = batch.attack(_attack_target(batch))
+    with torch.no_grad():
+        clean = F.cross_entropy(trainer.head(trainer.model.embed(batch.x)), batch.y)
+        adv = F.cross_entropy(trainer.head(trainer.model.embed(x_adv)), batch.y)
+    assert adv > clean
+
+
+# ------------------------------------------------------------------ warm starts
+
+
+@pytest.mark.parametrize("variant", ["pgd_at", "trades"])
+def test_adversarial_warm_start_loss_matches_its_definition(tiny_config, variant) -> None:
+    from trainable import pgd
+    from trainable._objectives import warm_start_loss
+
+    cfg = tiny_config({"warm_start": {"ce_epochs": 1, "variant": variant, "attack_steps": 3},
+                       "objective": {"variant": "magnet_adv"}})
+    trainer = Trainer(cfg)
+    x, y = trainer._random_batch()
+    model, eps = trainer.model, 0.05
+    gen = torch.Generator().manual_seed(4)
+    loss, _ = warm_start_loss(model, x, y, cfg, eps, torch.Generator().manual_seed(4))
+    model.eval()
+    if variant == "pgd_at":
+        x_adv = pgd(lambda xa: F.cross_entropy(model.linear_logits(xa), y), x, eps, 2.5 * eps / 3,
+                    3, generator=gen)
+        model.train()
+        expected = F.cross_entropy(model.linear_logits(x_adv), y)
+    else:
+        with torch.no_grad():
+            p = F.softmax(model.linear_logits(x), 1)
+        x_adv = pgd(lambda xa: F.kl_div(F.log_softmax(model.linear_logits(xa), 1), p,
+                                        reduction="sum"), x, eps, 2.5 * eps / 3, 3, generator=gen)
+        model.train()
+        logits = model.linear_logits(x)
+        q = F.log_softmax(model.linear_logits(x_adv), 1)
+        expected = F.cross_entropy(logits, y) + cfg.warm_start.beta * (
+            F.softmax(logits, 1) * (F.log_softmax(logits, 1) - q)).sum(1).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_the_eps_ramp_grows_linearly_to_the_radius(tiny_config, monkeypatch) -> None:
+    import trainable._trainer as trainer_module
+
+    cfg = tiny_config({"warm_start": {"ce_epochs": 1, "variant": "pgd_at", "eps_ramp": True,
+                                      "attack_steps": 1},
+                       "objective": {"variant": "magnet_adv"}})
+    seen = []
+    real = trainer_module.warm_start_loss
+
+    def spy(model, x, y, cfg, eps, generator):
+        seen.append(eps)
+        return real(model, x, y, cfg, eps, generator)
+
+    monkeypatch.setattr(trainer_module, "warm_start_loss", spy)
+    trainer = Trainer(cfg)
+    trainer.warm_start()
+    n = len(seen)
+    assert n >= 2 and seen == pytest.approx([cfg.eps * (i + 1) / n for i in range(n)])
