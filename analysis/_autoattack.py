@@ -241,6 +241,16 @@ def _build_adversary(model: nn.Module, options: AttackOptions,
     return adversary
 
 
+def _forwards(name: str, settings: dict[str, Any]) -> int:
+    """About how many model calls one batch of an attack makes at most (an APGD iteration
+    calls it once, FAB's about twice, Square once per query): the scale of its progress."""
+    if "n_queries" in settings:
+        return settings["n_queries"] * settings["n_restarts"]
+    per_iter = 2 if name.startswith("fab") else 1
+    return (settings["n_iter"] * settings["n_restarts"] * settings.get("n_target_classes", 1)
+            * per_iter)
+
+
 def _attack_settings(adversary: AutoAttack, name: str) -> dict[str, Any]:
     """The budget an attack runs with (fab-t always uses one restart, as in AutoAttack)."""
     apgd, targeted, fab, square = (adversary.apgd, adversary.apgd_targeted, adversary.fab,
@@ -391,15 +401,18 @@ class _Evaluation:
         return self.state.data["clean_correct"]
 
     def run_stage(self, name: str, candidates: list[int],
-                  attack: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
-                  ) -> None:
-        """Attack the candidates batch by batch; attack(index, batch number) -> (x_adv, broken)."""
+                  attack: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
+                  forwards: int = 0) -> None:
+        """Attack the candidates batch by batch; attack(index, batch number) -> (x_adv, broken).
+        With ``forwards`` (the model calls one batch's attack makes at most), progress moves
+        within a batch too, as the attack calls the model."""
         stage = self.state.stage(name)
         bs = self.batch_size
         n_batches = math.ceil(len(candidates) / bs)
         for b in range(stage["batches_done"], n_batches):
             index = torch.tensor(candidates[b * bs:(b + 1) * bs], device=self.x.device)
-            x_adv, broken = attack(index, b)
+            with self._moving(name, b * bs, len(index), len(candidates), forwards):
+                x_adv, broken = attack(index, b)
             x_clean = self.x[index]
             dist = _distance(x_adv, x_clean, self.norm)
             stage["valid"] = stage["valid"] and _within_threat_model(
@@ -411,6 +424,29 @@ class _Evaluation:
             stage["batches_done"] = b + 1
             self.state.save()
             self.progress(name, min((b + 1) * bs, len(candidates)), len(candidates))
+
+    @contextmanager
+    def _moving(self, name: str, before: int, size: int, total: int,
+                forwards: int) -> Iterator[None]:
+        """Report the share of a batch's model calls made so far (never the whole batch: that
+        is reported once its result is saved)."""
+        if not forwards:
+            yield
+            return
+        calls, shown = [0], [before]
+
+        def count(*_: Any) -> None:
+            calls[0] += 1
+            done = before + min(size - 1, size * calls[0] // forwards)
+            if done > shown[0]:
+                shown[0] = done
+                self.progress(name, done, total)
+
+        hook = self.model.register_forward_pre_hook(count)
+        try:
+            yield
+        finally:
+            hook.remove()
 
     def autoattack(self, adversary: AutoAttack, attack: str
                    ) -> Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]:
@@ -488,11 +524,12 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         earlier: set[int] = set()
         for attack in ensemble:
             run.run_stage(attack, [i for i in range(n) if clean[i] and i not in earlier],
-                          run.autoattack(adversary, attack))
+                          run.autoattack(adversary, attack), _forwards(attack, settings[attack]))
             earlier |= state.broken(attack)
         correct = [i for i in range(n) if clean[i]]
         if ce_separate:
-            run.run_stage(CE_ONLY, correct, run.autoattack(adversary, CE_ONLY))
+            run.run_stage(CE_ONLY, correct, run.autoattack(adversary, CE_ONLY),
+                          _forwards(CE_ONLY, settings[CE_ONLY]))
         if info is not None:
             run.run_stage(ADAPTIVE, correct, run.adaptive(info, steps, options.seed))
         result = _summarise(state, ensemble, ce_separate, info is not None, y.tolist(),

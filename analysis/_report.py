@@ -143,7 +143,8 @@ def _curves(experiment: Experiment) -> str:
 def _summary_items(experiment: Experiment,
                    finals: list[dict[str, Any]]) -> list[tuple[str, str]]:
     meta, search = experiment.meta, experiment.meta.search
-    optim = TrainConfig.model_validate(meta.base).optim  # the base config, defaults filled
+    base = TrainConfig.model_validate(meta.base)  # the base config, defaults filled
+    optim = base.optim
     counts: dict[str, int] = {}
     for t in experiment.trials:
         counts[t.status] = counts.get(t.status, 0) + 1
@@ -157,12 +158,29 @@ def _summary_items(experiment: Experiment,
             ("search", f"sampler {search['sampler']}, scheduler {search['scheduler']}, "
                        f"metric {search['metric']} ({search['mode']}), "
                        f"{search['max_concurrent']} trials at a time"),
-            ("budget per trial", f"{optim.epochs} epochs of {optim.batches_per_epoch} batches"
-             if optim.batches_per_epoch else f"{optim.epochs} full epochs"),
+            ("budget per trial", (f"{optim.epochs} epochs of {optim.batches_per_epoch} batches"
+                                  if optim.batches_per_epoch else f"{optim.epochs} full epochs")
+             + _warm_start_budget(base, meta.config.get("space") or {})),
             ("trials", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet"),
             ("state", state),
             ("compute", f"{trial_time / 3600:.2f} trial-hours of training, "
                         f"{final_time / 3600:.2f} hours of AutoAttack")]
+
+
+WARM_START_NAMES = {"ce": "CE", "pgd_at": "PGD-AT", "trades": "TRADES"}
+
+
+def _warm_start_budget(base: TrainConfig, space: dict[str, Any]) -> str:
+    """What each trial trained before its epochs, so that budgets compare whole."""
+    ws = base.warm_start
+    if ws.checkpoint:
+        return ", from a warm-start checkpoint"
+    if not ws.ce_epochs:
+        return ""
+    kind = ("drawn per trial: " + ", ".join(WARM_START_NAMES[v] for v in space[
+        "warm_start.variant"]["choices"]) if "warm_start.variant" in space
+        else WARM_START_NAMES[ws.variant])
+    return f", after a {ws.ce_epochs}-epoch warm start ({kind})"
 
 
 def _html_section(content: Table | str) -> str:

@@ -57,14 +57,18 @@ def _minutes(seconds: Any) -> str:
     return f"{seconds / 60:.1f}" if isinstance(seconds, (int, float)) else "-"
 
 
-def _params(trial: TrialRecord) -> str:
+def _params(trial: TrialRecord, draws: bool = False) -> str:
+    """The trial's parameters as the user set them (the variant leads the cell, so it is not
+    repeated); ``draws`` adds the sampler's internal draws (``clusters.l@fraction``) that the
+    resolved values came from."""
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in trial.params.items())
+                     for k, v in trial.params.items()
+                     if (draws or "@" not in k) and k != "objective.variant")
 
 
-def _variant(experiment: Experiment, trial: TrialRecord) -> str:
+def _variant(experiment: Experiment, trial: TrialRecord, draws: bool = False) -> str:
     return trial.params.get("point") or \
-        f"{experiment.trial_config(trial).objective.variant} ({_params(trial)})"
+        f"{experiment.trial_config(trial).objective.variant} ({_params(trial, draws)})"
 
 
 def _own_head(experiment: Experiment, trial: TrialRecord) -> str:
@@ -88,10 +92,11 @@ def _columns(*specs: str | Column) -> tuple[Column, ...]:
 
 
 # ------------------------------------------------------------------------------ tables
-def trials_table(experiment: Experiment, top: int | None = None) -> Table:
+def trials_table(experiment: Experiment, top: int | None = None, draws: bool = False) -> Table:
     """Every trial in the order of the ranking (unranked ones last); with ``top``, the top
     ones and then every other trial that has no score yet or a problem to show (diverged,
-    failed, or retried after a crash): what a search prints when it ends."""
+    failed, or retried after a crash): what a search prints when it ends. ``draws`` shows the
+    sampler's internal draws beside the resolved parameters."""
     ranking: list[RankedTrial] = rank_trials(experiment)
     ranked = {r.trial.trial_id: r for r in ranking}
     shown = [r.trial for r in (ranking[:top] if top else ranking)]
@@ -102,7 +107,7 @@ def trials_table(experiment: Experiment, top: int | None = None) -> Table:
     for t in shown:
         best = t.best(experiment.metric, experiment.mode)
         r = ranked.get(t.trial_id)
-        rows.append((str(r.rank) if r else "-", t.trial_id, _variant(experiment, t),
+        rows.append((str(r.rank) if r else "-", t.trial_id, _variant(experiment, t, draws),
                      "DIVERGED" if t.diverged else t.status, str(t.epochs),
                      _pct(best.get("val_clean_acc")), _pct(best.get("val_pgd_acc")),
                      _pct(best.get("val_robust_acc")), _num(best.get("val_margin")),
@@ -273,11 +278,16 @@ def to_html(table: Table) -> str:
     return _templates().get_template("table.html").render(table=table, empty=EMPTY)
 
 
+EMPTY = ("", "-", "none")  # what a cell holds when it has nothing to say
+
+
 def to_rich(table: Table, brief: bool = True):
-    """A rich Table for the terminal: the brief columns only, unless ``brief`` is False."""
+    """A rich Table for the terminal: the brief columns that hold something (not only "-",
+    "none" or nothing), unless ``brief`` is False."""
     from rich.table import Table as RichTable
 
-    keep = [i for i, c in enumerate(table.columns) if c.brief or not brief]
+    keep = [i for i, c in enumerate(table.columns) if not brief
+            or (c.brief and any(row[i] not in EMPTY for row in table.rows))]
     out = RichTable(title=table.title)
     for i in keep:
         column = table.columns[i]

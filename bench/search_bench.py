@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -578,6 +579,7 @@ def _simulate_optuna(seed: int, bench: Benchmark, budget: int, workers: int) -> 
 def _one(args: tuple[str, int, int]) -> tuple[str, int, list[float]]:
     name, seed, budget = args
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    torch.set_num_threads(1)  # one thread per process: GP's fits oversubscribe the cores else
     method = next(m for m in METHODS if m.name == name)
     run = simulate(method, seed, _bench(), budget)
     return name, seed, [round(v, 5) for v in run.incumbent]
@@ -752,11 +754,16 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             vals = [runs[name][s][b - 1] for s in seeds]
             lo, hi = bootstrap(lambda idx, vals=vals: _median([vals[i] for i in idx]), len(seeds))
             at[b] = (_median(vals), lo, hi)
+        diff = [runs[name][s][top - 1] - runs["random"][s][top - 1] for s in seeds]
+        d_low, d_high = bootstrap(lambda idx, diff=diff: _median([diff[i] for i in idx]),
+                                  len(seeds))
         rows[name] = {"t_median": _median(t), "reached": sum(math.isfinite(x) for x in t),
                       "ratio": ratio(range(len(seeds))), "ratio_low": low, "ratio_high": high,
-                      "at": at}
+                      "at": at, "diff": _median(diff), "diff_low": d_low, "diff_high": d_high}
+    horizon = _median(runs["random"][s][-1] for s in seeds)
     return {"target": target, "target_runs": len(target_pool), "rows": rows,
-            "seeds": len(seeds)}
+            "seeds": len(seeds), "budget": top, "horizon": len(runs["random"][seeds[0]]),
+            "random_at_horizon": horizon}
 
 
 def _fmt_ratio(r: float) -> str:
@@ -767,7 +774,8 @@ def markdown(results: dict[str, Any]) -> str:
     s = summary(results)
     header = ["method", f"seeds reaching T={s['target']:.4f}",
               "trial-epochs to T: median", "of random's (95 % bootstrap)",
-              *[f"at {b} trial-epochs: median (95 %)" for b in results["budgets"]]]
+              *[f"at {b} trial-epochs: median (95 %)" for b in results["budgets"]],
+              f"minus random at {s['budget']}: paired median (95 %)"]
     rows = []
     for m in METHODS:
         r = s["rows"].get(m.name)
@@ -778,7 +786,8 @@ def markdown(results: dict[str, Any]) -> str:
                      "not reached" if not math.isfinite(t) else f"{t:.0f}",
                      f"{_fmt_ratio(r['ratio'])} ({_fmt_ratio(r['ratio_low'])}-"
                      f"{_fmt_ratio(r['ratio_high'])})",
-                     *[f"{v:.4f} ({lo:.4f}-{hi:.4f})" for v, lo, hi in r["at"].values()]])
+                     *[f"{v:.4f} ({lo:.4f}-{hi:.4f})" for v, lo, hi in r["at"].values()],
+                     f"{r['diff']:+.4f} ({r['diff_low']:+.4f} to {r['diff_high']:+.4f})"])
     return markdown_table(header, rows)
 
 
@@ -801,9 +810,12 @@ def headline(results: dict[str, Any]) -> str:
     s = summary(results)
     method = default_method()
     r = s["rows"][method.name]
-    return (f"search efficiency: {method.name} reaches T in {_fmt_ratio(r['ratio'])} of random "
-            f"search's trial-epochs (95 % bootstrap interval {_fmt_ratio(r['ratio_low'])}-"
-            f"{_fmt_ratio(r['ratio_high'])}), {s['seeds']} paired seeds")
+    random = s["rows"]["random"]["at"][s["budget"]][0]
+    return (f"search quality: {method.name} returns {r['at'][s['budget']][0]:.3f} at "
+            f"{s['budget']} trial-epochs, random search {random:.3f} "
+            f"(paired difference {r['diff']:+.3f}, 95 % bootstrap interval {r['diff_low']:+.3f} "
+            f"to {r['diff_high']:+.3f}, {s['seeds']} paired seeds); random search returns "
+            f"{s['random_at_horizon']:.3f} at {s['horizon']}")
 
 
 def svg(results: dict[str, Any], width: int = 760, height: int = 440) -> str:

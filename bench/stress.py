@@ -4,6 +4,7 @@ Not part of `make test` (20 rounds take over an hour on 2 cores):
 
     .venv/bin/python bench/stress.py                 # 20 rounds
     .venv/bin/python bench/stress.py --rounds 5 --out /tmp/stress.json
+    .venv/bin/python bench/stress.py --rounds 5 --load 2   # beside 2 busy CPU-bound processes
 
 A test that fails even once in N is a defect to find, not bad luck; each failing round's
 pytest output is kept under --keep (default: /tmp/clustune-stress).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import subprocess
 import sys
 import time
@@ -20,7 +22,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = ["tests/search/test_faults.py", "tests/search/test_resume.py", "tests/search/test_cloud.py"]
+TESTS = ["tests/search/test_faults.py", "tests/search/test_resume.py", "tests/search/test_cloud.py",
+         "tests/search/test_lease.py"]
+
+
+def _spin() -> None:
+    """A CPU-bound process at normal priority (the trials' workers run at nice 15 beneath it)."""
+    while True:
+        sum(i * i for i in range(10_000))
 
 
 def _round(index: int, keep: Path) -> dict[str, bool]:
@@ -44,8 +53,13 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, default=Path("/tmp/clustune-stress"),
                         help="folder for the rounds' reports and failing logs")
     parser.add_argument("--out", type=Path, help="also write the counts as JSON")
+    parser.add_argument("--load", type=int, default=0, metavar="N",
+                        help="run beside N busy CPU-bound processes (a loaded machine)")
     args = parser.parse_args()
     args.keep.mkdir(parents=True, exist_ok=True)
+    load = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.load)]
+    for proc in load:
+        proc.start()
     passes: dict[str, int] = {}
     start = time.perf_counter()
     for i in range(1, args.rounds + 1):
@@ -57,8 +71,11 @@ def main() -> int:
     for name, n in sorted(passes.items()):
         print(f"{name.ljust(width)}  {n}/{args.rounds}")
     if args.out:
-        args.out.write_text(json.dumps({"rounds": args.rounds, "passed": passes,
+        args.out.write_text(json.dumps({"rounds": args.rounds, "load": args.load,
+                                        "passed": passes,
                                         "seconds": time.perf_counter() - start}, indent=2))
+    for proc in load:
+        proc.terminate()
     return 0 if all(n == args.rounds for n in passes.values()) else 1
 
 

@@ -71,7 +71,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
                   f"(study {experiment.meta.study_name}; Ctrl-C stops it)\n"
                   f"TensorBoard:       tensorboard --logdir {experiment.path.uri}\n"
                   "Ray dashboard:     while a search runs, after pip install "
-                  "'clustune[dashboard]'", markup=False)
+                  "'clustune[cluster]'", markup=False)
     if not experiment.path.is_local and storage.startswith("sqlite:"):
         console.print("the study is a copy of the one in the bucket as of now: start the "
                       "dashboard again to see newer trials", markup=False)

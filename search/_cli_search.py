@@ -18,7 +18,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 EXIT_STOPPED = 130  # a search stopped early (Ctrl-C): scripts stop there; `resume` continues
 
 
-def print_tables(experiment) -> None:
+def print_tables(experiment, draws: bool = False) -> None:
     """The trial table, then the final stage's and the confirmation's where there are any."""
     from analysis import (
         autoattack_table,
@@ -28,7 +28,7 @@ def print_tables(experiment) -> None:
         trials_table,
     )
 
-    console.print(to_rich(trials_table(experiment)))
+    console.print(to_rich(trials_table(experiment, draws=draws)))
     if experiment.final_results():
         console.print(to_rich(autoattack_table(experiment)))
     confirmed = load_confirmations(experiment.path)
@@ -68,7 +68,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
                       ("gpus_per_trial", "search.gpus_per_trial"),
                       ("max_concurrent", "search.max_concurrent"),
                       ("final_top_k", "search.final_top_k"),
-                      ("final_examples", "search.final_examples")):
+                      ("final_examples", "search.final_examples"),
+                      ("mlflow", "search.mlflow")):
         value = getattr(args, flag)
         if value is not None:
             extra.append(f"{key}={value}")
@@ -129,7 +130,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from analysis import load_experiment
 
-    print_tables(load_experiment(args.dir))
+    print_tables(load_experiment(args.dir), draws=args.verbose)
     return 0
 
 
@@ -154,6 +155,9 @@ def add_search_commands(sub, add_config_args) -> None:
     p.add_argument("--final-top-k", type=int, help="best trials re-evaluated with AutoAttack "
                    "at the end (0: skip)")
     p.add_argument("--final-examples", type=int, help="test images per final evaluation")
+    p.add_argument("--mlflow", metavar="URI", help="track the search in MLflow at this "
+                   "tracking URI (http://HOST:5000, file:///PATH): a run per trial, nested "
+                   "under one for the search; needs pip install 'clustune[mlflow]'")
     p.add_argument("--verbose", action="store_true", help="show Ray Tune's own output (a box "
                    "per trial, status tables) besides the live view")
     p.set_defaults(func=_cmd_search)
@@ -188,4 +192,6 @@ def add_search_commands(sub, add_config_args) -> None:
 
     p = sub.add_parser("status", help="print the trial table of a running or finished search")
     p.add_argument("dir", help="the experiment: its folder, or its URI in cloud storage")
+    p.add_argument("--verbose", action="store_true", help="also show the sampler's internal "
+                   "draws (clusters.l@fraction) the resolved parameters came from")
     p.set_defaults(func=_cmd_status)

@@ -48,6 +48,20 @@ class ConfirmOutcome:
     search: SearchOutcome
 
 
+def baseline_config(winner: TrainConfig, name: str) -> TrainConfig:
+    """The baseline at the winner's budget: its data, model, threat model, attack steps,
+    warm start (variant and epochs), epochs and images per step (M x D, a baseline's batch when
+it sets none); only the objective
+    is the baseline's (TRADES keeps lambda as its beta)."""
+    data = winner.model_dump(mode="json")
+    data["objective"] = {"variant": name}
+    if name == "trades":
+        data["objective"]["lam"] = winner.objective.lam
+    for own in ("loss", "target"):  # what the winner's attack maximised: baselines have theirs
+        data["attack"].pop(own)
+    return TrainConfig.model_validate(data)
+
+
 def _points(experiment, top: int, seeds: int, baselines: list[str]) -> dict[str, dict]:
     """CONFIG@seedN -> the full training config of that configuration with that seed."""
     chosen = [r for r in rank_trials(experiment) if not r.flagged and not r.trial.diverged][:top]
@@ -57,13 +71,8 @@ def _points(experiment, top: int, seeds: int, baselines: list[str]) -> dict[str,
     points: dict[str, dict] = {}
     configs = {r.trial.trial_id: experiment.trial_config(r.trial) for r in chosen}
     first = next(iter(configs.values()))
-    for name in baselines:  # the first configuration's budget, data, model and attack steps
-        data = first.model_dump(mode="json")
-        data["objective"] = {"variant": name}  # TRADES keeps lambda as its beta
-        if name == "trades":
-            data["objective"]["lam"] = first.objective.lam
-        data["attack"].pop("loss")  # the qtrades attack's loss: the baselines have their own
-        configs[name] = TrainConfig.model_validate(data)
+    for name in baselines:
+        configs[name] = baseline_config(first, name)
     for name, cfg in configs.items():
         for i in range(1, seeds + 1):
             data = cfg.model_dump(mode="json")

@@ -31,6 +31,7 @@ from ._events import (
     ignore,
 )
 from ._lease import hold_lease
+from ._mlflow import log_audits
 from ._samplers import SAMPLERS
 from ._trainable import trial_device
 
@@ -159,7 +160,9 @@ def _evaluate_all(experiment: Experiment, top_k: int, examples: int,
         on_event(FinalStageStarted(audit, examples, len(pending), out))
     _wait(pending, board, on_event)
     ray.kill(board)
-    return load_experiment(experiment.path)
+    experiment = load_experiment(experiment.path)
+    log_audits(experiment)  # to the trials' MLflow runs, when the search is tracked
+    return experiment
 
 
 def _wait(pending: list, board: ray.actor.ActorHandle, on_event: OnEvent) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import socket
@@ -30,7 +31,7 @@ from trainable import StoragePath
 
 from ._errors import UsageError
 
-__all__ = ["LEASE_FILE", "hold_lease", "lease_holder"]
+__all__ = ["LEASE_FILE", "hold_lease", "lease_holder", "name_holder"]
 
 LEASE_FILE = "lease.json"
 TTL_S = 60.0
@@ -98,9 +99,12 @@ def _refuse(experiment: StoragePath, holder: Holder) -> UsageError:
 
 
 @contextlib.contextmanager
-def hold_lease(experiment: StoragePath, command: str) -> Iterator[None]:
+def hold_lease(experiment: StoragePath, command: str, named: bool = True) -> Iterator[None]:
     """Hold the experiment's lease for the duration (refused in one line while another
-    process holds it; nested holds by one process are one hold)."""
+    process holds it; nested holds by one process are one hold). ``named=False`` holds a
+    folder's lock without writing lease.json until :func:`name_holder`, so a command refused
+    by a later check leaves the folder untouched (a rival is then refused as "another
+    process"); a bucket's lease is its object, always written."""
     key = experiment.uri
     if _held.get(key):
         _held[key] += 1
@@ -111,7 +115,7 @@ def hold_lease(experiment: StoragePath, command: str) -> Iterator[None]:
         return
     holder = Holder(command, socket.gethostname(), os.getpid(),
                     time.strftime("%Y-%m-%dT%H:%M:%S"), uuid.uuid4().hex, time.time())
-    hold = _hold_local if experiment.is_local else _hold_bucket
+    hold = functools.partial(_hold_local, named=named) if experiment.is_local else _hold_bucket
     with hold(experiment, holder):
         _held[key] = 1
         try:
@@ -120,8 +124,18 @@ def hold_lease(experiment: StoragePath, command: str) -> Iterator[None]:
             del _held[key]
 
 
+_unnamed: dict[str, Holder] = {}  # folder experiments held but not yet named in lease.json
+
+
+def name_holder(experiment: StoragePath) -> None:
+    """Write lease.json for a folder lease held with ``named=False``."""
+    holder = _unnamed.pop(experiment.uri, None)
+    if holder is not None:
+        (experiment / LEASE_FILE).atomic_write_text(json.dumps(asdict(holder)))
+
+
 @contextlib.contextmanager
-def _hold_local(experiment: StoragePath, holder: Holder) -> Iterator[None]:
+def _hold_local(experiment: StoragePath, holder: Holder, named: bool) -> Iterator[None]:
     with (experiment.local / META_FILE).open("rb") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -129,12 +143,20 @@ def _hold_local(experiment: StoragePath, holder: Holder) -> Iterator[None]:
             other = _read(experiment / LEASE_FILE)
             raise _refuse(experiment, other or Holder("another process", "?", 0, "?", "", 0)) \
                 from None
-        (experiment / LEASE_FILE).atomic_write_text(json.dumps(asdict(holder)))
+        _unnamed[experiment.uri] = holder
+        if named:
+            name_holder(experiment)
         try:
             yield
         finally:
-            (experiment / LEASE_FILE).unlink(missing_ok=True)
+            if _unnamed.pop(experiment.uri, None) is None:  # named: lease.json is ours
+                (experiment / LEASE_FILE).unlink(missing_ok=True)
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _settle() -> None:
+    """Give a rival writer's lease, written at the same moment, time to become visible."""
+    time.sleep(SETTLE_S)
 
 
 @contextlib.contextmanager
@@ -144,7 +166,7 @@ def _hold_bucket(experiment: StoragePath, holder: Holder) -> Iterator[None]:
     if other is not None and not _stale(other):
         raise _refuse(experiment, other)
     file.atomic_write_text(json.dumps(asdict(holder)))
-    time.sleep(SETTLE_S)
+    _settle()
     won = _read(file)
     if won is None or won.token != holder.token:
         raise _refuse(experiment, won or holder)

@@ -32,7 +32,8 @@ from ._events import (
 )
 from ._experiment import create_experiment, refuse_existing
 from ._final import run_final_stage
-from ._lease import hold_lease
+from ._lease import hold_lease, name_holder
+from ._mlflow import check_mlflow
 from ._searcher import upload_study
 from ._spaces import SearchConfig, check_inputs
 from ._trainable import prepare_warm_starts
@@ -71,6 +72,8 @@ def run_search(cfg: SearchConfig, experiment: str | Path | StoragePath,
                     "--cpus-per-trial/--gpus-per-trial", num_cpus)
     if embedded(address):
         check_inputs(cfg)
+    if s.mlflow:
+        check_mlflow(s.mlflow)
     refuse_existing(experiment)  # before Ray starts
     dashboard = start_ray(address, num_cpus)  # writes nothing: a bad address leaves no folder
     if experiment.is_local:  # its clustune.json, created first, is what the lease locks
@@ -94,10 +97,14 @@ def resume_search(experiment: str | Path | StoragePath, address: str | None = No
     check_resources(cfg.search.cpus_per_trial, cfg.search.gpus_per_trial, address,
                     "the search's cpus_per_trial/gpus_per_trial", num_cpus)
     check_resumable(experiment, cfg)
-    dashboard = start_ray(address, num_cpus)
-    with credentials_hidden():
-        tuner = restore_tuner(experiment)  # refused here, a damaged state leaves no trace
-    with hold_lease(experiment, "clustune resume"), credentials_hidden():
+    if cfg.search.mlflow:
+        check_mlflow(cfg.search.mlflow)
+    # the lock before Ray starts (a refusal starts nothing); lease.json, naming this process,
+    # once the search state has restored (a damaged state leaves no trace)
+    with hold_lease(experiment, "clustune resume", named=False), credentials_hidden():
+        dashboard = start_ray(address, num_cpus)
+        tuner = restore_tuner(experiment)
+        name_holder(experiment)
         on_event(SearchStarted(experiment, meta.study_storage, dashboard, resumed=True))
         _warm_starts(cfg, experiment, on_event)
         return _fit(tuner, experiment, on_event)

@@ -66,7 +66,9 @@ class SearchSettings(ConfigSection):
     num_samples: int = Field(12, ge=1)  # trials (with fixed points: one per point)
     metric: str = "val_robust_acc"  # what ASHA and single-objective samplers maximise
     mode: Literal["max", "min"] = "max"
-    sampler: str = "tpe"  # a name of search/_samplers.py (nsga2, motpe: multi-objective)
+    # a name of search/_samplers.py (nsga2, motpe: multi-objective); gp: the search
+    # benchmark's best (docs/performance.md)
+    sampler: str = "gp"
     objectives: list[str] = ["val_clean_acc", "val_robust_acc"]  # for nsga2 / motpe (maximised)
     scheduler: str = "asha"  # a name of search/_schedulers.py
     grace_period: int = Field(1, ge=1)  # epochs before ASHA may stop a trial
@@ -82,7 +84,8 @@ class SearchSettings(ConfigSection):
     seed: int = 0  # sampler seed
     tpe_multivariate: bool = False  # TPE over the joint distribution (grouped); bench: worse
     tpe_constant_liar: bool = False  # TPE assumes running trials score badly (parallel trials)
-    tpe_startup: int | None = Field(None, ge=1)  # random trials first; None: N/3 within 2-10
+    # random trials before a model-based sampler (tpe, gp, bohb) models; None: N/3 within 2-10
+    tpe_startup: int | None = Field(None, ge=1)
     final_top_k: int = Field(2, ge=0)  # trials re-evaluated with AutoAttack at the end (0: off)
     final_examples: int = Field(500, ge=1)  # test images per final evaluation
     # AutoAttack's attacks the final stage runs, in order, at AutoAttack's own budgets (its
@@ -91,6 +94,9 @@ class SearchSettings(ConfigSection):
     # an Optuna RDB URL (postgresql://..., mysql://...) for a study shared between users;
     # None: the experiment's own optuna.db
     study_storage: str | None = Field(None, pattern=r"^[a-z0-9+]+://")
+    # an MLflow tracking URI (http://HOST:5000, file:///PATH, sqlite:///PATH): a parent run per
+    # search, a nested run per trial (resolved parameters, every epoch's metrics, the audit)
+    mlflow: str | None = Field(None, min_length=1)
 
     @field_validator("final_attacks")
     @classmethod

@@ -185,10 +185,20 @@ def build_tuner(cfg: SearchConfig, experiment: StoragePath,
             num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric,
             checkpoint_score_order=s.mode, checkpoint_frequency=1, checkpoint_at_end=False),
         failure_config=tune.FailureConfig(max_failures=s.max_failures),
-        callbacks=[*(callbacks or []), GracefulInterrupt(), CurrentResultsBeforeRetry()],
+        callbacks=[*(callbacks or []), *_tracking(cfg, experiment), GracefulInterrupt(),
+                   CurrentResultsBeforeRetry()],
         verbose=quiet_ray_output(verbose))
     return tune.Tuner(_trainable(cfg, experiment, trainable), tune_config=tune_config,
                       run_config=run_config)
+
+
+def _tracking(cfg: SearchConfig, experiment: StoragePath) -> list[tune.Callback]:
+    if not cfg.search.mlflow:
+        return []
+    from ._mlflow import MlflowTracking
+
+    return [MlflowTracking(cfg.search.mlflow, experiment.uri, experiment.name,
+                           cfg.search.model_dump(mode="json"))]
 
 
 def _define_by_run(trial: optuna.Trial, cfg: SearchConfig, base: dict[str, Any]

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,7 @@ def _search_bench():
     spec = importlib.util.spec_from_file_location(
         "search_bench", Path(__file__).parents[1] / "bench" / "search_bench.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["search_bench"] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
 
@@ -91,18 +93,19 @@ class _KnownOptimum:
 
 def test_a_model_based_search_finds_the_known_optimum_before_random_search() -> None:
     """The benchmark's loop drives the product's searcher and scheduler: on a landscape with
-    one good corner, TPE (told every result through clustune's searcher) must beat random
-    sampling at the same budget on most seeds, or the loop is not feeding it."""
+    one good corner, TPE (which models the trials ASHA stops, told every result through
+    clustune's searcher) must beat random sampling at the same budget on most seeds, or the
+    loop is not feeding it. (GP models finished trials only: at this budget it is still
+    drawing its random start-up trials.)"""
     sb = _search_bench()
     bench = _KnownOptimum()
     methods = {m.name: m for m in sb.METHODS}
     wins = 0
     for seed in range(5):
-        tpe = sb.simulate(methods["tpe+asha"], seed, bench, 150)
+        model = sb.simulate(methods["tpe+asha (0.2)"], seed, bench, 150)
         rnd = sb.simulate(methods["random+asha"], seed, bench, 150)
-        assert len(tpe.trace) == len(rnd.trace) == 150
-        assert all(b >= a for a, b in zip(tpe.incumbent, tpe.incumbent[1:], strict=False))
-        wins += tpe.incumbent[-1] > rnd.incumbent[-1]
+        assert len(model.trace) == len(rnd.trace) == 150
+        wins += model.incumbent[-1] > rnd.incumbent[-1]
     assert wins >= 4
 
 
@@ -133,6 +136,7 @@ def test_target_ratio_and_bootstrap_against_a_hand_count() -> None:
     assert s["target"] == 0.5  # the median of 0.5, 0.4, 0.6 at the largest budget
     row = s["rows"]["tpe+asha"]
     assert (row["t_median"], row["ratio"], row["reached"]) == (1, 0.25, 3)
+    assert row["diff"] == 0 and s["random_at_horizon"] == 0.5  # both at 0.5 after 6
     assert row["ratio_low"] <= 0.25 <= row["ratio_high"]
     assert s["rows"]["random"]["ratio"] == 1.0
     assert row["at"][2][0] == 0.5 and s["rows"]["random"]["at"][2][0] == 0.0
@@ -146,11 +150,13 @@ def test_performance_doc_quotes_the_search_benchmark() -> None:
     doc = (root / "docs" / "performance.md").read_text()
     results = json.loads((root / "bench" / "search-results.json").read_text())
     figures = json.loads((root / "bench" / "search-surrogate.json").read_text())
-    line = re.search(r"^search efficiency: (\S+) reaches T in ([\d.]+|inf) of random search's "
-                     r"trial-epochs \(95 % bootstrap interval ([\d.]+|inf)-([\d.]+|inf)\), "
-                     r"(\d+) paired seeds$", doc, re.M)
+    line = re.search(r"^search quality: (\S+) returns ([\d.]+) at (\d+) trial-epochs, random "
+                     r"search ([\d.]+) \(paired difference ([+-][\d.]+), 95 % bootstrap "
+                     r"interval ([+-][\d.]+) to ([+-][\d.]+), (\d+) paired seeds\); random "
+                     r"search returns ([\d.]+) at (\d+)$", doc, re.M)
     assert line and line.group(0) == sb.headline(results)
-    assert int(line.group(5)) >= 30
+    assert int(line.group(8)) >= 30
+    assert float(line.group(6)) > 0, "the default search method must beat random search"
     rho = re.search(r"^surrogate: held-out Spearman ([\d.]+) on the final value$", doc, re.M)
     assert rho and float(rho.group(1)) == round(figures["spearman_final"], 2)
     assert sb.markdown(results) in doc

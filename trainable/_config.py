@@ -133,6 +133,9 @@ class WarmStartConfig(ConfigSection):
     ce_epochs: int = Field(0, ge=0, le=10_000)  # epochs of the warm start, whatever its variant
     checkpoint: str | None = None  # or a clustune checkpoint to start from
     lr: float = Field(1e-3, gt=0, le=10)  # Adam learning rate of the warm start
+    # images per warm-start step; None: the trial's batch (M x D for clustering variants), so
+    # a space over M trains one warm start per M; a fixed size lets trials share one
+    batch_size: int | None = Field(None, ge=2, le=10**6)
     variant: Literal["ce", "pgd_at", "trades"] = "ce"
     attack_steps: int = Field(10, ge=1, le=1000)  # PGD steps of an adversarial warm start,
     # each 2.5 eps / steps (Madry et al.)
@@ -246,6 +249,7 @@ class TrainConfig(ConfigSection):
              "objective.variant qtrades or magnet_adv (adv_mode=pgd)"),
             (obj, "head_adv_loss", obj.lam_head_adv == 0, "objective.lam_head_adv > 0"),
             (ws, "variant", ws.ce_epochs == 0, "warm_start.ce_epochs > 0"),
+            (ws, "batch_size", ws.ce_epochs == 0, "warm_start.ce_epochs > 0"),
             (ws, "attack_steps", not adversarial_ws, "an adversarial warm_start.variant"),
             (ws, "eps_ramp", not adversarial_ws, "an adversarial warm_start.variant"),
             (ws, "beta", ws.variant != "trades" or ws.ce_epochs == 0,
@@ -293,6 +297,10 @@ class TrainConfig(ConfigSection):
             return self.clusters.m * self.clusters.d
         return self.optim.batch_size or self.clusters.m * self.clusters.d
 
+    @property
+    def warm_start_batch_size(self) -> int:
+        return self.warm_start.batch_size or self.batch_size
+
 
 def warm_start_key(cfg: TrainConfig) -> str:
     """What identifies a warm start's weights: everything they depend on, hashed (a search
@@ -300,7 +308,8 @@ def warm_start_key(cfg: TrainConfig) -> str:
     ws = cfg.warm_start
     ident = {"data": cfg.data.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
              "fast": cfg.fast.model_dump(mode="json"), "threads": cfg.threads,
-             "seed": cfg.seed, "ce_epochs": ws.ce_epochs, "lr": ws.lr, "batch": cfg.batch_size}
+             "seed": cfg.seed, "ce_epochs": ws.ce_epochs, "lr": ws.lr,
+             "batch": cfg.warm_start_batch_size}
     if ws.variant != "ce":  # a CE warm start keeps the key it always had
         ident["adversarial"] = {"variant": ws.variant, "steps": ws.attack_steps,
                                 "eps_ramp": ws.eps_ramp, "norm": cfg.attack.norm,

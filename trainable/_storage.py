@@ -31,15 +31,15 @@ __all__ = ["StoragePath", "StorageError", "storage_path", "credentials_hidden",
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                         "AWS_SECURITY_TOKEN")
 # one filesystem per bucket (and endpoint) and process, made once
-_FILESYSTEMS: dict[tuple[str, str, str], pafs.FileSystem] = {}
+_FILESYSTEMS: dict[tuple[str, str, str, str], pafs.FileSystem] = {}
 
 
-def _filesystem(key: tuple[str, str, str]) -> pafs.FileSystem:
+def _filesystem(key: tuple[str, str, str, str]) -> pafs.FileSystem:
     """This process's filesystem for a bucket: S3 keys in the environment are read once, now,
     into it (the environment may lose them later: :func:`credentials_hidden`); otherwise the
     SDK's own chain finds them (credential files, an instance profile)."""
     if key not in _FILESYSTEMS:
-        scheme, bucket, query = key
+        scheme, bucket, query, _ = key
         suffix = f"{bucket}" + (f"?{query}" if query else "")
         fs = pafs.FileSystem.from_uri(f"{scheme}://{suffix}")[0]
         key_id, secret = (os.environ.get(n) for n in CREDENTIAL_VARIABLES[:2])
@@ -64,7 +64,7 @@ class _ThisNodesCredentials(pafs.FileSystemHandler):
     copies the experiment's filesystem into every trial; a pyarrow S3 filesystem given keys
     would carry them along in clear text."""
 
-    def __init__(self, key: tuple[str, str, str]) -> None:
+    def __init__(self, key: tuple[str, str, str, str]) -> None:
         self.key = key
         self.fs = _filesystem(key)
 
@@ -310,7 +310,8 @@ def storage_path(location: str | Path | StoragePath) -> StoragePath:
     if not path.strip("/"):
         raise StorageError(f"{text}: name a bucket, e.g. {scheme}://BUCKET/experiments")
     try:
-        handler = _ThisNodesCredentials((scheme, parts.netloc, parts.query))
+        handler = _ThisNodesCredentials((scheme, parts.netloc, parts.query,
+                                         os.environ.get("AWS_ENDPOINT_URL", "")))
     except (pa.ArrowException, ValueError, OSError) as err:
         raise StorageError(f"{text.split('?')[0]}: not a storage location "
                            f"({first_line(err)})") from None

@@ -162,9 +162,9 @@ class Trainer:
             x = augment_batch(x, self.data.crop_padding, self.data.flip, self.generator)
         return x
 
-    def _random_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _random_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self.data.y_train)
-        idx = torch.randint(n, (self.cfg.batch_size,), generator=self.generator)
+        idx = torch.randint(n, (size,), generator=self.generator)
         return self._images(idx), self.data.y_train[idx.to(self.device)]
 
     @torch.no_grad()
@@ -184,13 +184,14 @@ class Trainer:
             return
         ws = self.cfg.warm_start
         opt = torch.optim.Adam(self.model.parameters(), lr=ws.lr)
-        steps = ws.ce_epochs * max(1, len(self.data.y_train) // self.cfg.batch_size)
+        batch = self.cfg.warm_start_batch_size
+        steps = ws.ce_epochs * max(1, len(self.data.y_train) // batch)
         training_stream = self.generator  # _random_batch and _images draw from self.generator
         self.generator = torch.Generator().manual_seed(self.cfg.seed + WARM_START_SEED_OFFSET)
         self.model.train()
         try:
             for step in range(steps):
-                x, y = self._random_batch()
+                x, y = self._random_batch(batch)
                 eps = self.cfg.eps * ((step + 1) / steps if ws.eps_ramp else 1.0)
                 loss, _ = warm_start_loss(self.model, x, y, self.cfg, eps, self.generator)
                 if not torch.isfinite(loss):
@@ -256,7 +257,7 @@ class Trainer:
             if cfg.is_clustering:
                 batch = self._clustering_batch()
             else:
-                x, y = self._random_batch()
+                x, y = self._random_batch(self.cfg.batch_size)
                 batch = Batch(self.model, None, cfg, x, y, None, None, self.generator)
             loss, terms, per = OBJECTIVES[cfg.objective.variant](batch)
             self._step(loss)

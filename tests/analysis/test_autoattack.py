@@ -302,7 +302,7 @@ def test_interrupted_evaluation_resumes_from_its_state(backbone, clusters, digit
     state = tmp_path / "state.json"
 
     def stop_in_apgd_t(stage: str, done: int, total: int) -> None:
-        if stage == "apgd-t":
+        if stage == "apgd-t" and (done % 8 == 0 or done == total):  # its first batch saved
             raise Interrupt
 
     with pytest.raises(Interrupt):
@@ -310,8 +310,12 @@ def test_interrupted_evaluation_resumes_from_its_state(backbone, clusters, digit
     interrupted_s = json.loads(state.read_text())["elapsed_s"]
     assert interrupted_s > 0
     seen: list[str] = []
-    resumed = evaluate_robustness(model, x, y, options, state_path=state,
-                                  progress=lambda stage, done, total: seen.append(stage))
+
+    def batches(stage: str, done: int, total: int) -> None:
+        if done % 8 == 0 or done == total:  # a batch saved (the other calls move within one)
+            seen.append(stage)
+
+    resumed = evaluate_robustness(model, x, y, options, state_path=state, progress=batches)
     assert set(seen) == {"apgd-t", "adaptive"}  # clean pass and APGD-CE were not redone
     apgd_t_batches = math.ceil(round(reference.per_attack_acc["apgd-ce"] * 24) / 8)
     assert apgd_t_batches >= 2
@@ -386,3 +390,19 @@ def test_the_standard_ensemble_label_is_autoattacks_own():
     adversary = pyautoattack.AutoAttack(nn.Linear(4, 2), norm="Linf", eps=0.1,
                                         version="standard", device="cpu", seed=0)
     assert tuple(adversary.attacks_to_run) == STANDARD_ENSEMBLE
+
+
+def test_progress_moves_within_a_batch_and_never_backwards(backbone, clusters, digits):
+    """One batch of 24 images per attack: progress still moves as the attack calls the model,
+    reaching the whole batch only once its result is saved."""
+    x, y = points(digits, 24)
+    options = AttackOptions(eps=0.1, attacks=["apgd-ce", "apgd-t"], batch_size=24, **CHEAP)
+    calls: dict[str, list[tuple[int, int]]] = {}
+    evaluate_robustness(cluster_model(backbone, clusters), x, y, options,
+                        progress=lambda stage, done, total: calls.setdefault(stage, []).append(
+                            (done, total)))
+    apgd = calls["apgd-ce"]
+    total = apgd[-1][1]
+    assert apgd[-1] == (total, total) and len(apgd) > 2  # moved within the one batch
+    assert all(a < b for (a, _), (b, _) in zip(apgd, apgd[1:], strict=False))
+    assert all(done < total for done, _ in apgd[:-1])

@@ -195,7 +195,7 @@ def test_dashboard_serves_the_experiment_study(finished_experiment, monkeypatch,
     err = capsys.readouterr().err
     assert "http://127.0.0.1:8080/dashboard" in err
     assert f"tensorboard --logdir {finished_experiment.path}" in err
-    assert "pip install 'clustune[dashboard]'" in err
+    assert "pip install 'clustune[cluster]'" in err
 
 
 def test_dashboard_port_in_use_is_a_usage_error(finished_experiment, monkeypatch, capsys):

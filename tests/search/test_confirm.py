@@ -53,8 +53,11 @@ def test_the_best_config_and_a_baseline_are_retrained_with_new_seeds(confirmed):
         cfg = runs.trial_config(trial).model_dump()
         name, _, seed = trial.params["point"].partition("@seed")
         assert cfg["seed"] == int(seed) != original["seed"]
-        if name == "pgd_at":
+        if name == "pgd_at":  # the same budget: warm start, epochs, images per step
             assert cfg["objective"]["variant"] == "pgd_at"
+            for same in ("warm_start", "optim", "data", "model"):
+                assert cfg[same] == original[same]
+            assert runs.trial_config(trial).batch_size == experiment.trial_config(best).batch_size
         else:
             assert {**cfg, "seed": original["seed"]} == original  # only the seed differs
 
@@ -147,3 +150,26 @@ def test_continuing_with_other_options_is_refused(confirmed, capsys, option, rec
     assert err.startswith("clustune: error: ") and len(err.splitlines()) == 1, err
     assert f"was started with {recorded}:" in err, err
     assert (path / "confirm" / "clustune.json").read_text() == before
+
+
+@pytest.mark.parametrize("name", ["pgd_at", "trades"])
+def test_a_baseline_keeps_the_winners_budget_and_threat_model(name):
+    """A magnet_adv winner with every research knob: the baseline keeps its adversarial warm
+    start, epochs, batch, norm and radius; the winner's attack target and head term go."""
+    from search._confirm import baseline_config
+    from trainable import TrainConfig
+
+    winner = TrainConfig.model_validate({
+        "data": {"dataset": "digits"}, "clusters": {"k": 2, "l": 8, "m": 6, "d": 4},
+        "attack": {"norm": "l2", "steps": 3, "target": "head"},
+        "objective": {"variant": "magnet_adv", "lam": 3.0, "lam_head_adv": 1.0},
+        "warm_start": {"ce_epochs": 2, "variant": "trades", "eps_ramp": True},
+        "optim": {"epochs": 5, "batches_per_epoch": 7}})
+    baseline = baseline_config(winner, name)
+    assert baseline.objective.variant == name and baseline.objective.lam_head_adv == 0
+    assert baseline.warm_start == winner.warm_start and baseline.optim == winner.optim
+    assert baseline.batch_size == winner.batch_size == 24
+    assert (baseline.attack.norm, baseline.eps, baseline.attack.steps) == \
+        ("l2", winner.eps, 3)
+    assert baseline.attack.target == "magnet"  # the default, unused by the baselines
+    assert name != "trades" or baseline.objective.lam == 3.0

@@ -33,6 +33,7 @@ def test_a_ctrl_c_then_resume_runs_every_epoch_once(tmp_path, digits_search, clu
     assert proc.wait(timeout=300) == 130, proc.log.read_text()  # scripts stop here
     out = proc.log.read_text()
     assert out.rstrip().splitlines()[-1].startswith("search stopped early after"), out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
     assert "stopping once every running trial's last epoch is checkpointed" in out
     assert f"continue it with `clustune resume {exp_dir}`" in out, out
     before = load_experiment(exp_dir)

@@ -104,6 +104,32 @@ def test_restored_trial_continues_identically(ray_session, tmp_path, digits_sear
     second.stop()
 
 
+def test_each_kind_of_warm_start_is_trained_once_and_shared(ray_session, tmp_path,
+                                                           digits_search):
+    """A space over the warm start's variant, its eps ramp and M (a fixed warm-start batch
+    keeps M out of its key): the driver trains each distinct warm start once, before the
+    trials, and every trial loads the one its own draw names; no trial trains one."""
+    from search import WarmStartsTrained
+    from trainable._config import warm_start_key
+
+    data = digits_search(num_samples=8, scheduler="fifo")
+    data["train"]["optim"]["epochs"] = 1
+    data["train"]["warm_start"] = {"ce_epochs": 1, "batch_size": 32}
+    data["space"] = {
+        "clusters.m": {"type": "int", "low": 4, "high": 10},
+        "warm_start.variant": {"type": "categorical", "choices": ["ce", "pgd_at"]},
+        "warm_start.eps_ramp": {"type": "categorical", "choices": [False, True],
+                                "when": {"warm_start.variant": ["pgd_at"]}}}
+    events = []
+    experiment = run_search(_config(data), tmp_path / "exp", on_event=events.append).experiment
+    (trained,) = [e.count for e in events if isinstance(e, WarmStartsTrained)]
+    keys = {warm_start_key(experiment.trial_config(t)) for t in experiment.trials}
+    stored = {f.stem for f in (experiment.path / "warm_start").glob("*.pt")}
+    assert len({t.params["clusters.m"] for t in experiment.trials}) > 1
+    assert len(keys) > 1 and keys <= stored and trained == len(stored)  # none trained by a trial
+    assert all(t.status == "TERMINATED" for t in experiment.trials)
+
+
 @pytest.mark.parametrize("shared", [True, False])
 def test_share_warm_start_reaches_the_trial(ray_session, tmp_path, digits_search, shared):
     """share_warm_start: false (the benchmark's baseline) makes every trial train its own CE

@@ -6,12 +6,13 @@ import optuna
 import pytest
 import yaml
 
-from search import ParamSpec, list_search_presets, load_search_config, suggest
+from search import ParamSpec, list_search_presets, load_search_config, sample_configs, suggest
 from trainable import resolve_trial_config
 
 
-def test_the_four_presets_exist_and_validate():
-    assert {"quick", "cpu-ablation", "paper-ablation", "paper-table"} <= set(list_search_presets())
+def test_the_presets_exist_and_validate():
+    assert {"quick", "cpu-ablation", "paper-ablation", "paper-table", "cpu-explore",
+            "cpu-explore-l2", "paper-explore"} <= set(list_search_presets())
     for name in list_search_presets():
         load_search_config(name)
 
@@ -20,7 +21,7 @@ def test_quick_is_the_default():
     assert load_search_config() == load_search_config("quick")
 
 
-@pytest.mark.parametrize("preset", ["quick", "cpu-ablation"])
+@pytest.mark.parametrize("preset", ["quick", "cpu-ablation", "cpu-explore", "paper-explore"])
 def test_define_by_run_keeps_l_and_m_within_the_clusters(preset):
     cfg = load_search_config(preset)
     base = cfg.base_dict()
@@ -33,6 +34,26 @@ def test_define_by_run_keeps_l_and_m_within_the_clusters(preset):
         assert params["clusters.m"] - 1 <= 9 * k
         resolve_trial_config(base, {}, params)  # every draw is a valid TrainConfig
         study.tell(trial, 0.0)
+
+
+@pytest.mark.parametrize("preset", ["cpu-explore", "cpu-explore-l2", "paper-explore"])
+def test_explore_presets_share_one_warm_start_per_kind(preset):
+    """The explore spaces draw the warm start's kind (CE, PGD-AT or TRADES, ramped or not)
+    and M; a fixed warm-start batch keeps M out of its key, so a search trains five warm
+    starts, within what the driver trains ahead, and every draw is valid in its threat model."""
+    from search._trainable import FORESEEN
+    from trainable._config import warm_start_key
+
+    cfg = load_search_config(preset)
+    configs = sample_configs(cfg, 200)
+    kinds = {(c.warm_start.variant, c.warm_start.eps_ramp) for c in configs}
+    assert kinds == {("ce", False), ("pgd_at", False), ("pgd_at", True), ("trades", False),
+                     ("trades", True)}
+    assert len({warm_start_key(c) for c in configs}) == 5 <= FORESEEN
+    assert {c.attack.norm for c in configs} == {"l2" if preset.endswith("l2") else "linf"}
+    assert {c.attack.target for c in configs if c.objective.variant == "magnet_adv"} == \
+        {"magnet", "head", "margin"}
+    assert max(c.objective.lam_head_adv for c in configs) > 1
 
 
 def test_paper_table_points_cover_the_papers_rows():
@@ -100,6 +121,7 @@ def test_dashboard_needs_rays_own_dashboard_modules_not_just_aiohttp(monkeypatch
     aiohttp = types.ModuleType("aiohttp")
     aiohttp.__spec__ = importlib.machinery.ModuleSpec("aiohttp", None)
     monkeypatch.setitem(sys.modules, "aiohttp", aiohttp)
+    monkeypatch.setitem(sys.modules, "aiohttp_cors", None)  # not installed (import fails)
     monkeypatch.delitem(sys.modules, "ray.dashboard.optional_deps", raising=False)
     assert not _tuner.dashboard_available()
 

@@ -114,7 +114,7 @@ def test_objective_attack_leaks_no_gradient(tiny_config, name: str) -> None:
         trainer.refresh_clusters()
         batch = trainer._clustering_batch()
     else:
-        x, y = trainer._random_batch()
+        x, y = trainer._random_batch(trainer.cfg.batch_size)
         from trainable._objectives import Batch
 
         batch = Batch(trainer.model, None, trainer.cfg, x, y, None, None, trainer.generator)
@@ -270,7 +270,7 @@ def test_adversarial_warm_start_loss_matches_its_definition(tiny_config, variant
     cfg = tiny_config({"warm_start": {"ce_epochs": 1, "variant": variant, "attack_steps": 3},
                        "objective": {"variant": "magnet_adv"}})
     trainer = Trainer(cfg)
-    x, y = trainer._random_batch()
+    x, y = trainer._random_batch(trainer.cfg.batch_size)
     model, eps = trainer.model, 0.05
     gen = torch.Generator().manual_seed(4)
     loss, _ = warm_start_loss(model, x, y, cfg, eps, torch.Generator().manual_seed(4))
