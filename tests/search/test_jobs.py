@@ -29,10 +29,12 @@ def jobs_address():
 
     port = _free_port()
     node = {"num_cpus": 1, "object_store_memory": 80 * 1024**2}
+    # each node's agent (it runs the jobs) on a port of its own: the default one belongs to
+    # whichever Ray of this machine took it first (the test session's own, say)
     cluster = Cluster(initialize_head=True, head_node_args={
         **node, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": port})
-    cluster.add_node(**node)
+        "dashboard_port": port, "dashboard_agent_listen_port": _free_port()})
+    cluster.add_node(**node, dashboard_agent_listen_port=_free_port())
     cluster.wait_for_nodes()
     yield f"http://127.0.0.1:{port}"
     cluster.shutdown()

@@ -20,10 +20,9 @@ ALL_AT_ONCE = ["objective.variant=magnet_adv", "warm_start.variant=pgd_at",
 
 
 @pytest.mark.parametrize("settings", [  # with ALL_AT_ONCE, every new option runs
-    ["warm_start.variant=trades", "warm_start.eps_ramp=true"],
+    ["warm_start.variant=trades", "warm_start.eps_ramp=true", "objective.lam_head_adv=1",
+     "objective.head_adv_loss=kl"],
     ["objective.variant=magnet_adv", "attack.target=margin"],
-    ["objective.lam_head_adv=1", "objective.head_adv_loss=kl"],
-    ["objective.variant=pgd_at", "attack.norm=l2"],
     ["objective.variant=trades", "attack.norm=l2"],
     ALL_AT_ONCE,
 ], ids=lambda s: "+".join(x.split("=")[1] if "variant" in x else x.split(".")[-1] for x in s))
