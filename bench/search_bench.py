@@ -726,10 +726,17 @@ def _median(xs) -> float:
 
 
 def bootstrap(stat, n: int, rounds: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile interval of stat(indices) over resampled seed indices (paired)."""
+    """95 % percentile interval of stat(indices) over resampled seed indices (paired); stat
+    takes a (rounds, n) index array and returns one value per row."""
     rng = np.random.default_rng(seed)
-    values = sorted(stat(rng.integers(0, n, n)) for _ in range(rounds))
-    return values[int(0.025 * rounds)], values[int(0.975 * rounds) - 1]
+    values = np.sort(stat(rng.integers(0, n, (rounds, n))))
+    return float(values[int(0.025 * rounds)]), float(values[int(0.975 * rounds) - 1])
+
+
+def _medians(values: list[float]):
+    """idx -> the median of values[idx] along the last axis (a bootstrap statistic)."""
+    array = np.asarray(values, dtype=float)
+    return lambda idx: np.median(array[idx], axis=-1)
 
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:
@@ -745,20 +752,18 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             continue
         t = [time_to(runs[name][s], target) for s in seeds]
 
-        def ratio(idx, t=t) -> float:
-            return _median([t[i] for i in idx]) / _median([t_random[i] for i in idx])
-
-        low, high = bootstrap(ratio, len(seeds))
+        with np.errstate(invalid="ignore"):  # inf / inf: neither reached the target
+            low, high = bootstrap(lambda idx, t=t: _medians(t)(idx) / _medians(t_random)(idx),
+                                  len(seeds))
         at = {}
         for b in results["budgets"]:
             vals = [runs[name][s][b - 1] for s in seeds]
-            lo, hi = bootstrap(lambda idx, vals=vals: _median([vals[i] for i in idx]), len(seeds))
-            at[b] = (_median(vals), lo, hi)
+            at[b] = (_median(vals), *bootstrap(_medians(vals), len(seeds)))
         diff = [runs[name][s][top - 1] - runs["random"][s][top - 1] for s in seeds]
-        d_low, d_high = bootstrap(lambda idx, diff=diff: _median([diff[i] for i in idx]),
-                                  len(seeds))
+        d_low, d_high = bootstrap(_medians(diff), len(seeds))
         rows[name] = {"t_median": _median(t), "reached": sum(math.isfinite(x) for x in t),
-                      "ratio": ratio(range(len(seeds))), "ratio_low": low, "ratio_high": high,
+                      "ratio": _median(t) / _median(t_random), "ratio_low": low,
+                      "ratio_high": high,
                       "at": at, "diff": _median(diff), "diff_low": d_low, "diff_high": d_high}
     horizon = _median(runs["random"][s][-1] for s in seeds)
     return {"target": target, "target_runs": len(target_pool), "rows": rows,
@@ -834,8 +839,7 @@ def svg(results: dict[str, Any], width: int = 760, height: int = 440) -> str:
         curves[m.name] = []
         for b in steps:
             vals = [r[b - 1] for r in runs]
-            lo, hi = bootstrap(lambda idx, vals=vals: _median([vals[i] for i in idx]),
-                               len(vals), rounds=500)
+            lo, hi = bootstrap(_medians(vals), len(vals), rounds=500)
             curves[m.name].append((_median(vals), lo, hi))
     finite = [v for c in curves.values() for point in c for v in point if math.isfinite(v)]
     low, high = min(finite), max(finite)

@@ -38,6 +38,9 @@ __all__ = ["start_ray", "embedded", "check_resources", "build_tuner", "restore_t
            "make_searcher", "max_epochs", "check_resumable"]
 
 
+DASHBOARD_ENV = "CLUSTUNE_RAY_DASHBOARD"  # 0: an embedded Ray leaves its dashboard out
+
+
 def dashboard_available() -> bool:
     """The Ray dashboard needs the optional ray[default] extra: Ray's own list of its modules
     (aiohttp alone, which many packages bring, is not enough and makes ray.init fail)."""
@@ -46,6 +49,15 @@ def dashboard_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _dashboard_wanted() -> bool:
+    """CLUSTUNE_RAY_DASHBOARD=0 leaves the dashboard out of an embedded Ray: it costs about
+    5 CPU-seconds a start and runs at normal priority beside the trials (nice 15)."""
+    value = os.environ.get(DASHBOARD_ENV, "1")
+    if value not in ("0", "1"):
+        raise UsageError(f"{DASHBOARD_ENV} must be 0 or 1, got {value!r}")
+    return value == "1"
 
 
 def _reachable(address: str, timeout: float = 5.0) -> bool:
@@ -74,7 +86,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> str | 
     if address:
         context = ray.init(address=address, **kwargs)
     else:
-        with_dash = dashboard_available()
+        with_dash = _dashboard_wanted() and dashboard_available()
         context = ray.init(num_cpus=num_cpus, include_dashboard=with_dash,
                            dashboard_host="127.0.0.1", **kwargs)
     url = getattr(context, "dashboard_url", None)

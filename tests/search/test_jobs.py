@@ -1,6 +1,7 @@
 """The README's cluster path for real: a search submitted with `ray job submit` to a two-node
 Ray cluster whose dashboard (the Jobs API) listens on 127.0.0.1, then read with
-`clustune status`. Needs Ray's dashboard: pip install 'clustune[cluster]'."""
+`clustune status`. Ray's job server is part of its dashboard: the test set-up installs
+ray[default], as `clustune[cluster]` and cluster.yaml's nodes do."""
 
 from __future__ import annotations
 
@@ -12,12 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-# Ray's job server is part of its dashboard (ray[default]), which `make test` leaves out: it
-# starts agents beside every Ray of the suite and slows each one. `pip install
-# 'clustune[cluster]'` (as cluster.yaml's nodes do) and this test runs.
-pytest.importorskip("ray.dashboard.optional_deps",
-                    reason="Ray Jobs needs ray[default]: pip install 'clustune[cluster]'")
 
 BIN = Path(sys.executable).parent  # ray and clustune, installed beside this Python
 

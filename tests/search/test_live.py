@@ -58,6 +58,9 @@ def test_a_search_log_shows_the_live_view_not_rays_output(tmp_path, digits_searc
     for ray_output in ("Trial status", "Trial ClusteringTrainable", "tensorboard --logdir=",
                        "Checkpoint successfully created"):
         assert ray_output not in log, ray_output
+    one = digits_search(num_samples=1, scheduler="fifo")  # Ray's own output: one short trial
+    one["train"]["optim"]["epochs"] = 1
+    config.write_text(yaml.safe_dump(one))
     verbose = clustune("search", "--config", str(config), "--storage", str(tmp_path),
                        "--name", "verbose", "--verbose")
     assert verbose.wait(timeout=300) == 0, verbose.log.read_text()

@@ -5,6 +5,8 @@ starts."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +34,9 @@ def tracking_server(tmp_path_factory):
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
          "--default-artifact-root", str(folder / "artifacts")], stdout=log,
-        stderr=subprocess.STDOUT)
+        stderr=subprocess.STDOUT, start_new_session=True,
+        # no job runner: its eight queue consumers took a core of this 2-core machine
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while True:  # the exact event: the server answers
@@ -45,7 +49,7 @@ def tracking_server(tmp_path_factory):
         except OSError:
             time.sleep(0.5)
     yield uri
-    proc.terminate()
+    os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn worker
     proc.wait(timeout=60)
     log.close()
 

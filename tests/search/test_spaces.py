@@ -6,7 +6,14 @@ import optuna
 import pytest
 import yaml
 
-from search import ParamSpec, list_search_presets, load_search_config, sample_configs, suggest
+from search import (
+    ParamSpec,
+    UsageError,
+    list_search_presets,
+    load_search_config,
+    sample_configs,
+    suggest,
+)
 from trainable import resolve_trial_config
 
 
@@ -105,8 +112,16 @@ def test_embedded_rays_dashboard_binds_localhost(monkeypatch):
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw) or
                         SimpleNamespace(dashboard_url="127.0.0.1:8265"))
     monkeypatch.setattr(_tuner, "dashboard_available", lambda: True)
+    monkeypatch.setenv("CLUSTUNE_RAY_DASHBOARD", "1")
     assert _tuner.start_ray() == "http://127.0.0.1:8265"
     assert calls[0]["include_dashboard"] and calls[0]["dashboard_host"] == "127.0.0.1"
+    monkeypatch.setenv("CLUSTUNE_RAY_DASHBOARD", "0")  # left out on request
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw) or SimpleNamespace())
+    assert _tuner.start_ray() is None and calls[1]["include_dashboard"] is False
+    monkeypatch.setenv("CLUSTUNE_RAY_DASHBOARD", "yes")
+    with pytest.raises(UsageError, match="^CLUSTUNE_RAY_DASHBOARD must be 0 or 1, got 'yes'$"):
+        _tuner.start_ray()
+    assert len(calls) == 2
 
 
 def test_dashboard_needs_rays_own_dashboard_modules_not_just_aiohttp(monkeypatch):
