@@ -35,10 +35,13 @@ def digits_search():
     return _digits_search
 
 
-def _digits_search(**search) -> dict:
-    """The tiny digits training of analysis.testing (4 epochs here) over a K, L, lambda space."""
+def _digits_search(warm_start: bool = False, **search) -> dict:
+    """The tiny digits training of analysis.testing (4 epochs here) over a K, L, lambda space;
+    with warm_start, the trials start from a shared 1-epoch CE warm start (each costs a CLI
+    search about 8 s here, so only the tests of that path train one)."""
     return {
-        "train": {**TRAIN, "optim": {**TRAIN["optim"], "epochs": 4}},
+        "train": {**TRAIN, "optim": {**TRAIN["optim"], "epochs": 4},
+                  "warm_start": {"ce_epochs": 1 if warm_start else 0}},
         "space": {
             "clusters.k": {"type": "int", "low": 1, "high": 2},
             "clusters.l": {"type": "int", "low": 2, "high": 20},

@@ -80,7 +80,7 @@ def test_a_search_in_a_bucket_on_two_nodes_survives_a_killed_driver(
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    data = digits_search(num_samples=3, max_concurrent=2, scheduler="fifo", final_top_k=1,
+    data = digits_search(True, num_samples=3, max_concurrent=2, scheduler="fifo", final_top_k=1,
                          final_examples=8)
     (tmp_path / "search.yaml").write_text(yaml.safe_dump(data))
     uri = f"s3://{BUCKET}/experiments/cloudy"

@@ -19,7 +19,7 @@ def _config(data: dict) -> SearchConfig:
 
 @pytest.fixture(scope="module")
 def asha_experiment(ray_session, tmp_path_factory, digits_search):
-    cfg = _config(digits_search(num_samples=8, reduction_factor=2, grace_period=1))
+    cfg = _config(digits_search(True, num_samples=8, reduction_factor=2, grace_period=1))
     return run_search(cfg, tmp_path_factory.mktemp("exp") / "asha").experiment
 
 
@@ -136,7 +136,7 @@ def test_share_warm_start_reaches_the_trial(ray_session, tmp_path, digits_search
     warm start; true points it at the experiment's shared file."""
     from search._tuner import _trainable
 
-    cfg = _config(digits_search(share_warm_start=shared))
+    cfg = _config(digits_search(True, share_warm_start=shared))
     trial = _trainable(cfg, storage_path(tmp_path))(config={"clusters.k": 1, "clusters.l": 5,
                                               "objective.lam": 1.0})
     warm = trial.cfg.warm_start
