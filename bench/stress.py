@@ -1,6 +1,6 @@
 """Run the fault and resume tests many times in a row and print n/N passes for each test.
 
-Not part of `make test` (20 rounds take over an hour on 2 cores):
+Not part of `make test` (a round takes about 13 minutes on 2 cores, longer under --load):
 
     .venv/bin/python bench/stress.py                 # 20 rounds
     .venv/bin/python bench/stress.py --rounds 5 --out /tmp/stress.json
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 import time
@@ -27,7 +28,10 @@ TESTS = ["tests/search/test_faults.py", "tests/search/test_resume.py", "tests/se
 
 
 def _spin() -> None:
-    """A CPU-bound process at normal priority (the trials' workers run at nice 15 beneath it)."""
+    """A CPU-bound process at normal priority in a session of its own, as other work on the
+    machine is (the kernel shares the CPU between sessions first, then by nice within one:
+    inside the tests' session it would starve their nice-15 trial workers)."""
+    os.setsid()
     while True:
         sum(i * i for i in range(10_000))
 
