@@ -147,7 +147,8 @@ def add_search_commands(sub, add_config_args) -> None:
                    "(s3://BUCKET/PREFIX, gs://BUCKET/PREFIX), which every node of a cluster "
                    "reaches (default: ./experiments)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an "
-                   "embedded Ray)")
+                   "embedded Ray, with Ray's dashboard when ray[default] is installed "
+                   "unless CLUSTUNE_RAY_DASHBOARD=0)")
     p.add_argument("--num-samples", type=int, help="number of trials")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions share one)")
