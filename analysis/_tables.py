@@ -13,6 +13,8 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+from trainable import is_draw
+
 from ._audit import FLAG_LEGEND, flags_of
 from ._confirmation import Confirmation
 from ._ranking import RankedTrial, rank_trials
@@ -63,7 +65,7 @@ def _params(trial: TrialRecord, draws: bool = False) -> str:
     resolved values came from."""
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                      for k, v in trial.params.items()
-                     if (draws or "@" not in k) and k != "objective.variant")
+                     if (draws or not is_draw(k)) and k != "objective.variant")
 
 
 def _variant(experiment: Experiment, trial: TrialRecord, draws: bool = False) -> str:

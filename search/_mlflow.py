@@ -19,7 +19,7 @@ from typing import Any
 from ray import tune
 
 from analysis import Experiment, flags_of
-from trainable import first_line
+from trainable import first_line, is_draw
 
 from ._errors import UsageError
 
@@ -115,7 +115,7 @@ class MlflowTracking(tune.Callback):
             run = _find_run(client, experiment_id, tags) or client.create_run(
                 experiment_id, run_name=trial.trial_id, tags={**tags, PARENT_TAG: parent})
             self._runs[trial.trial_id] = run.info.run_id
-            resolved = {k: v for k, v in trial.config.items() if "@" not in k}
+            resolved = {k: v for k, v in trial.config.items() if not is_draw(k)}
             client.log_batch(run.info.run_id, params=_params(resolved))
         return self._runs[trial.trial_id]
 

@@ -15,6 +15,7 @@ from ._config import TrainConfig as TrainConfig
 from ._config import apply_overrides as apply_overrides
 from ._config import build_config as build_config
 from ._config import cluster_limits as cluster_limits
+from ._config import is_draw as is_draw
 from ._config import list_presets as list_presets
 from ._config import load_config as load_config
 from ._config import load_preset as load_preset

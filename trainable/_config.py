@@ -28,8 +28,8 @@ from ._datasets import DATASETS
 from ._errors import ClustuneError
 
 __all__ = ["ConfigError", "ConfigSection", "TrainConfig", "HEADS", "SEARCH_METRICS",
-           "apply_overrides",
-           "build_config", "cluster_limits", "list_presets", "load_config", "load_preset",
+           "apply_overrides", "build_config", "cluster_limits", "is_draw", "list_presets",
+           "load_config", "load_preset",
            "parse_overrides", "read_yaml", "recorded_config", "resolve_trial_config",
            "validation_message", "warm_start_key"]
 
@@ -403,14 +403,18 @@ def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return merged
 
 
+def is_draw(name: str) -> bool:
+    """NAME@...: the search's draw behind a resolved value (e.g. clusters.l@fraction), kept in
+    the trial's record; the value itself is under NAME."""
+    return "@" in name
+
+
 def resolve_trial_config(base: dict[str, Any], points: dict[str, dict[str, Any]],
                          params: dict[str, Any], recorded: bool = False) -> TrainConfig:
     """A search trial's config: base, then its fixed point (params["point"], if any), then its
     sampled knobs (dotted names such as "clusters.k"). ``recorded``: a trial that has run, read
     back with :func:`recorded_config`."""
-    # NAME@...: the search's draw behind a resolved value (e.g. clusters.l@fraction), kept in
-    # the trial's record; the value itself is under NAME
-    params = {k: v for k, v in params.items() if "@" not in k}
+    params = {k: v for k, v in params.items() if not is_draw(k)}
     point = params.pop("point", None)
     merged = apply_overrides(base, points[point]) if point is not None else base
     knobs: dict[str, Any] = {}
